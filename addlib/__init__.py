@@ -1,0 +1,1 @@
+"""Adversarial Diffusion Distillation library."""

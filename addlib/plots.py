@@ -1,0 +1,73 @@
+"""Figures: image grids with their prompts, and training curves."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def _as_hwc(image: torch.Tensor):
+    """(C, H, W) uint8 or [-1, 1] float -> (H, W[, 3]) float array in [0, 1]."""
+    x = image.detach().cpu()
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else (x.float().clamp(-1, 1) + 1) / 2
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def image_grid(rows: Sequence[Sequence[torch.Tensor]], path: str | Path, row_labels: Sequence[str] | None = None,
+               cell_labels: Sequence[Sequence[str]] | None = None, title: str | None = None,
+               cell_inches: float = 0.8) -> Path:
+    """Save a grid (one list of images per row), with a label left of each row and/or under each cell."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    label_w = 2.6 if row_labels else 0.0
+    cell_h = cell_inches + (0.3 if cell_labels else 0.0)
+    height = n_rows * cell_h + (0.4 if title else 0.1)
+    fig = plt.figure(figsize=(label_w + n_cols * cell_inches, height))
+    gs = fig.add_gridspec(n_rows, n_cols + (1 if row_labels else 0),
+                          width_ratios=([label_w / cell_inches] if row_labels else []) + [1] * n_cols,
+                          wspace=0.08, hspace=0.45 if cell_labels else 0.05,
+                          top=1 - (0.4 if title else 0.05) / height, bottom=0.02)
+    off = 1 if row_labels else 0
+    for r, row in enumerate(rows):
+        if row_labels:
+            ax = fig.add_subplot(gs[r, 0])
+            ax.axis("off")
+            ax.text(1.0, 0.5, row_labels[r], ha="right", va="center", fontsize=8, transform=ax.transAxes)
+        for c, img in enumerate(row):
+            ax = fig.add_subplot(gs[r, c + off])
+            ax.imshow(_as_hwc(img), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if cell_labels:
+                ax.set_xlabel(textwrap.fill(cell_labels[r][c], 18), fontsize=5, labelpad=1, linespacing=0.9)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.1 / height)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def loss_curve(steps: Sequence[int], values: dict[str, Sequence[float]], path: str | Path,
+               title: str = "", logy: bool = True) -> Path:
+    """Plot one or more logged curves against the step."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for name, v in values.items():
+        ax.plot(steps, v, label=name, lw=1)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path

