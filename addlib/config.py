@@ -240,12 +240,137 @@ class TeacherConfig:
 
 
 @dataclasses.dataclass
+class FeaturePretrainConfig:
+    objective: Literal["simclr", "none"]  # simclr: self-supervised contrastive; none: frozen random init
+    steps: int
+    batch_size: int          # images per step (two augmented views each)
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    temperature: float       # NT-Xent temperature
+    probe_steps: int         # linear-probe optimisation steps (quality readout, not training)
+    checkpoint_every: int
+    log_every: int
+    num_threads: int
+
+    def validate(self, where: str) -> None:
+        _check(self.steps >= 1 and self.batch_size >= 2, f"{where}.steps", "need steps >= 1 and batch_size >= 2")
+        _check(self.lr > 0 and self.temperature > 0, f"{where}.lr", "lr and temperature must be > 0")
+        _check(self.checkpoint_every >= 1 and self.log_every >= 1, f"{where}.log_every", "must be >= 1")
+
+
+@dataclasses.dataclass
+class FeatureNetConfig:
+    source: Literal["in_domain", "timm"]  # in_domain: pretrained by the `features` stage; timm: local weights
+    timm_name: str           # timm architecture (for in_domain, its family with the sizes below)
+    weights: Optional[str]   # local weights file for source=timm (e.g. DINOv2 ViT-S/14 .safetensors)
+    img_size: int            # F's input resolution; images are resized to it
+    patch_size: int          # in_domain only
+    embed_dim: int           # in_domain only
+    depth: int               # in_domain only
+    num_heads: int           # in_domain only
+    taps: list[int]          # 0-based blocks whose token sequences feed the heads
+    tap_patch_embed: bool    # also a head on the patch embedding (StyleGAN-T: yes)
+    pretrain: FeaturePretrainConfig
+
+    def validate(self, where: str) -> None:
+        _check(len(self.taps) >= 1, f"{where}.taps", "needs at least one block")
+        if self.source == "in_domain":
+            _check(all(0 <= t < self.depth for t in self.taps), f"{where}.taps",
+                   f"blocks must be in [0, depth={self.depth})")
+            _check(self.img_size % self.patch_size == 0, f"{where}.patch_size",
+                   f"must divide img_size={self.img_size}")
+            _check(self.embed_dim % self.num_heads == 0, f"{where}.num_heads", "must divide embed_dim")
+        else:
+            _check(bool(self.weights), f"{where}.weights", "a local weights file is required when source is 'timm'")
+
+    def check_inputs(self, root: Path, where: str = "features") -> None:
+        if self.source == "timm":
+            p = Path(self.weights) if Path(self.weights).is_absolute() else root / self.weights
+            _check(p.is_file(), f"{where}.weights", f"weights file not found: {p}")
+
+
+@dataclasses.dataclass
+class DiscriminatorConfig:
+    c_text: bool             # projection-condition on the pooled text embedding (Table 1b)
+    c_img: bool              # projection-condition on F's CLS embedding of the real x0 (Table 1b)
+    r1_gamma: float          # R1 weight on the heads' inputs (paper: 1e-5)
+    augment: list[Literal["color", "translation", "cutout"]]  # differentiable augmentation, real and fake
+    cmap_dim: int            # projection dimension (StyleGAN-T: 64)
+    group_size: int          # local batch-norm group size (StyleGAN-T: 8)
+
+    def validate(self, where: str) -> None:
+        _check(self.r1_gamma >= 0, f"{where}.r1_gamma", "must be >= 0")
+        _check(self.cmap_dim >= 1 and self.group_size >= 1, f"{where}.cmap_dim", "cmap_dim and group_size >= 1")
+
+
+@dataclasses.dataclass
+class ADDTrainConfig:
+    steps: int
+    batch_size: int
+    lr_student: float
+    lr_discriminator: float
+    betas: list[float]       # Adam betas for both optimisers
+    warmup_steps: int
+    grad_clip: float         # max global grad norm of the student (0 = off)
+    ema_decay: float         # EMA of the student; the EMA model is the one saved
+    checkpoint_every: int
+    log_every: int
+    sample_every: int        # steps between sample grids logged during training (0 = off)
+    num_threads: int
+    mixed_precision: Literal["no", "fp16", "bf16"]
+
+    def validate(self, where: str) -> None:
+        _check(self.steps >= 1 and self.batch_size >= 1, f"{where}.steps", "steps and batch_size must be >= 1")
+        _check(self.lr_student > 0 and self.lr_discriminator > 0, f"{where}.lr_student", "learning rates must be > 0")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{where}.betas",
+               "needs two values in [0, 1)")
+        _check(self.grad_clip >= 0 and 0 <= self.ema_decay < 1, f"{where}.ema_decay", "must be in [0, 1)")
+        _check(self.checkpoint_every >= 1 and self.log_every >= 1 and self.sample_every >= 0,
+               f"{where}.log_every", "intervals must be >= 1 (sample_every >= 0)")
+
+
+@dataclasses.dataclass
+class ADDConfig:
+    student_timesteps: list[int]   # tau_1 > ... > tau_N; training draws one uniformly; tau_1 = T-1 is pure noise
+    student_init: Literal["teacher", "random"]    # Table 1c
+    weighting: Literal["exponential", "sds", "nfsd"]  # c(t) of the distillation loss (Table 1d)
+    distance: Literal["mse", "l1", "pseudo_huber", "perceptual"]  # d of the distillation loss
+    lambda_distill: float    # lambda (paper: 2.5); 0 = adversarial only (Table 1d)
+    lambda_adv: float        # weight of L_G; 0 = distillation only (Table 1d)
+    teacher_steps: int       # teacher denoising steps building the target (Table 1f: 1, 2, 4)
+    teacher_t_range: list[int]   # teacher timesteps t ~ U[lo, hi] for re-noising the student output
+    teacher_guidance: float  # classifier-free guidance of the teacher's target (exponential/sds)
+    nfsd_guidance: float     # s of NFSD's delta_C term
+    nfsd_negative_prompt: str
+    discriminator: DiscriminatorConfig
+    train: ADDTrainConfig
+    sample_prompts: list[str]
+    sample_per_prompt: int
+    sample_seed: int
+
+    def validate(self, where: str) -> None:
+        ts = self.student_timesteps
+        _check(len(ts) >= 1 and all(a > b for a, b in zip(ts, ts[1:])) and min(ts) >= 0,
+               f"{where}.student_timesteps", "must be strictly decreasing non-negative timesteps")
+        _check(self.lambda_distill >= 0 and self.lambda_adv >= 0, f"{where}.lambda_distill", "weights must be >= 0")
+        _check(self.lambda_distill + self.lambda_adv > 0, f"{where}.lambda_adv", "both loss weights are 0")
+        _check(self.teacher_steps in (1, 2, 4), f"{where}.teacher_steps", "must be 1, 2 or 4")
+        lo_hi = self.teacher_t_range
+        _check(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1], f"{where}.teacher_t_range", "needs [lo, hi], lo <= hi")
+        _check(self.sample_per_prompt >= 1 and len(self.sample_prompts) >= 1, f"{where}.sample_prompts",
+               "needs prompts and sample_per_prompt >= 1")
+
+
+@dataclasses.dataclass
 class Params:
     """The whole of params.yaml."""
     seed: int
     data: DataConfig
     text_encoder: TextEncoderConfig
     teacher: TeacherConfig
+    features: FeatureNetConfig
+    add: ADDConfig
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ def _as_hwc(image: torch.Tensor):
 
 def image_grid(rows: Sequence[Sequence[torch.Tensor]], path: str | Path, row_labels: Sequence[str] | None = None,
                cell_labels: Sequence[Sequence[str]] | None = None, title: str | None = None,
-               cell_inches: float = 0.8) -> Path:
-    """Save a grid (one list of images per row), with a label left of each row and/or under each cell."""
+               cell_inches: float = 0.8, col_labels: Sequence[str] | None = None) -> Path:
+    """Save a grid (one list of images per row), with a label left of each row, over each column of the
+    first row (``col_labels``; empty strings for none) and/or under each cell."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     label_w = 2.6 if row_labels else 0.0
     cell_h = cell_inches + (0.3 if cell_labels else 0.0)
@@ -45,6 +46,8 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]], path: str | Path, row_lab
             ax.set_yticks([])
             if cell_labels:
                 ax.set_xlabel(textwrap.fill(cell_labels[r][c], 18), fontsize=5, labelpad=1, linespacing=0.9)
+            if col_labels and r == 0 and col_labels[c]:
+                ax.set_title(col_labels[c], fontsize=8, loc="left")
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 0.1 / height)
     path = Path(path)
@@ -66,6 +69,36 @@ def loss_curve(steps: Sequence[int], values: dict[str, Sequence[float]], path: s
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def embedding_scatter(z: torch.Tensor, labels: torch.Tensor, path: str | Path, title: str = "") -> Path:
+    """2-D PCA of embeddings, coloured by label."""
+    z = z.float() - z.float().mean(0)
+    _, _, v = torch.pca_lowrank(z, q=2, center=False)
+    p = (z @ v[:, :2]).numpy()
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    sc = ax.scatter(p[:, 0], p[:, 1], c=labels.numpy(), cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
+    fig.colorbar(sc, ax=ax, ticks=range(10), label="class")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def note_figure(path: str | Path, text: str) -> Path:
+    """A figure that states why the usual plot does not apply (so a declared output always exists)."""
+    fig, ax = plt.subplots(figsize=(5, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, wrap=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, bbox_inches="tight")

@@ -58,3 +58,78 @@ def sample_teacher(unet, schedule: NoiseSchedule, states: torch.Tensor, mask: to
             x = scheduler.step(v, t, x).prev_sample
         out.append(x.float().clamp(-1, 1).cpu())
     return torch.cat(out)
+
+
+def trailing_timesteps(steps: int, T: int = 1000) -> list[int]:
+    """'Trailing' spacing (Lin et al. 2024; diffusers' SD-Turbo setting): the first step is t = T-1, pure
+    noise. 1 -> [999]; 2 -> [999, 499]; 4 -> [999, 749, 499, 249]."""
+    return [int(round(T - i * T / steps)) - 1 for i in range(steps)]
+
+
+@torch.no_grad()
+def sample_student(unet, schedule: NoiseSchedule, states: torch.Tensor, mask: torch.Tensor,
+                   noise: torch.Tensor, timesteps: list[int], seed: int = 0,
+                   batch_size: int = 256) -> torch.Tensor:
+    """ADD's few-step sampler (section 3, "Sampling"): start from pure noise at timesteps[0]; at each
+    student timestep predict x0 = alpha x - sigma v; then re-noise that prediction with fresh noise to the
+    next timestep and predict again. No guidance: one network evaluation per step."""
+    device = next(unet.parameters()).device
+    dtype = next(unet.parameters()).dtype
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, len(noise), batch_size):
+        x = noise[i:i + batch_size].to(device, dtype)
+        n = len(x)
+        cond = (states[i:i + batch_size].to(device, dtype), mask[i:i + batch_size].to(device, dtype))
+        for k, tau in enumerate(timesteps):
+            t = torch.full((n,), tau, device=device, dtype=torch.long)
+            v = unet(x, t, encoder_hidden_states=cond[0], encoder_attention_mask=cond[1]).sample
+            x0 = schedule.x0_from_v(x, v, t)
+            if k + 1 < len(timesteps):
+                t_next = torch.full((n,), timesteps[k + 1], device=device, dtype=torch.long)
+                eps = torch.randn(x0.shape, generator=g).to(device, dtype)
+                x = schedule.add_noise(x0, eps, t_next)
+        out.append(x0.float().clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+class ADDSampler:
+    """The trained student in one call: ``ADDSampler.from_pretrained("models/student")(prompts, steps, seed)``.
+
+    Loads the diffusers UNet and the addlib_config.json saved beside it (schedule, text encoder, student
+    timesteps); returns images in [-1, 1], shape (len(prompts), C, H, W).
+    """
+
+    def __init__(self, unet, schedule: NoiseSchedule, encoder, student_timesteps: list[int]):
+        self.unet, self.schedule, self.encoder = unet.eval(), schedule, encoder
+        self.student_timesteps = list(student_timesteps)
+
+    @classmethod
+    def from_pretrained(cls, path, device: str = "cpu") -> "ADDSampler":
+        import json
+        from pathlib import Path
+
+        from diffusers import UNet2DConditionModel
+
+        from . import config as C
+        from .text import TextEncoder
+
+        resolved = json.loads((Path(path) / "addlib_config.json").read_text())["config"]
+        schedule = NoiseSchedule(C.from_dict(C.ScheduleConfig, resolved["teacher"]["schedule"], "schedule"))
+        text = C.from_dict(C.TextEncoderConfig, resolved["text_encoder"], "text_encoder")
+        unet = UNet2DConditionModel.from_pretrained(path).to(device)
+        return cls(unet, schedule, TextEncoder(text.path, text.max_length), resolved["add"]["student_timesteps"])
+
+    def timesteps(self, steps: int) -> list[int]:
+        if steps == len(self.student_timesteps):
+            return self.student_timesteps
+        return trailing_timesteps(steps, self.schedule.T)
+
+    @torch.no_grad()
+    def __call__(self, prompts: str | list[str], steps: int = 1, seed: int = 0) -> torch.Tensor:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        states, mask, _ = self.encoder(prompts)
+        c = self.unet.config
+        size = c.sample_size if isinstance(c.sample_size, (tuple, list)) else (c.sample_size, c.sample_size)
+        noise = initial_noise(len(prompts), (c.in_channels, *size), seed)
+        return sample_student(self.unet, self.schedule, states, mask, noise, self.timesteps(steps), seed=seed)

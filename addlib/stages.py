@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from . import config as C
 from . import data as D
 from . import plots
@@ -31,6 +33,8 @@ EXECUTED = REPORTS / "executed"
 STAGE_SECTIONS = {
     "prepare": ["seed", "data", "text_encoder"],
     "teacher": ["seed", "data", "text_encoder", "teacher"],
+    "features": ["seed", "data", "features"],
+    "add": ["seed", "data", "text_encoder", "teacher", "features", "add"],
 }
 
 
@@ -116,6 +120,110 @@ def run_teacher(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig
     return metrics
 
 
+def run_features(seed: int, data_cfg: C.DataConfig, cfg: C.FeatureNetConfig, root: Path = Path("."),
+                 progress: bool = True) -> dict:
+    """Pretrain (or load) the discriminator's feature network F and measure it with a linear probe."""
+    from .models import count_parameters
+    from .pretrain import embed, linear_probe, load_backbone, pretrain_features
+
+    ds = D.Dataset.load(root / DATA_DIR)
+    train, hold = ds.subset(D.TRAIN), ds.subset(D.HOLDOUT)
+    out, model_dir = root / REPORTS / "features", root / MODELS / "features"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    metrics: dict = {"source": cfg.source, "objective": cfg.pretrain.objective if cfg.source == "in_domain" else None}
+    if cfg.source == "in_domain" and cfg.pretrain.objective != "none":
+        run = pretrain_features(cfg, seed, train.pixels(), model_dir, root / CHECKPOINTS / "features",
+                                                        live_dir=None, progress=progress)
+        history = run.pop("history")
+        plots.loss_curve([r["step"] for r in history], {"NT-Xent": [r["loss"] for r in history]},
+                         out / "loss.png", "feature network F: SimCLR pretraining loss", logy=False)
+        metrics.update(steps=run["steps"], train_seconds=run["train_seconds"])
+    else:
+        plots.note_figure(out / "loss.png", f"F was not trained here (source: {cfg.source}, "
+                                            f"objective: {cfg.pretrain.objective}).")
+    backbone = load_backbone(cfg, ds.images.shape[1], model_dir, seed).eval()
+    metrics["parameters"] = count_parameters(backbone)
+    if (train.labels >= 0).all() and len(set(train.labels.tolist())) > 1:
+        z_tr = embed(backbone, train.pixels(), cfg.img_size)
+        z_ho = embed(backbone, hold.pixels(), cfg.img_size)
+        metrics["linear_probe_accuracy"] = linear_probe(z_tr, train.labels, z_ho, hold.labels,
+                                                        cfg.pretrain.probe_steps, seed=seed)
+        if cfg.source == "in_domain":
+            from .pretrain import build_vit
+
+            torch.manual_seed(seed)
+            rnd = build_vit(cfg, ds.images.shape[1]).eval()
+            metrics["random_init_linear_probe_accuracy"] = linear_probe(
+                embed(rnd, train.pixels(), cfg.img_size), train.labels, embed(rnd, hold.pixels(), cfg.img_size),
+                hold.labels, cfg.pretrain.probe_steps, seed=seed)
+        plots.embedding_scatter(z_ho, hold.labels, out / "embedding.png",
+                                f"F's CLS embeddings of held-out images (PCA), probe accuracy "
+                                f"{metrics['linear_probe_accuracy']:.1%}")
+    else:
+        plots.note_figure(out / "embedding.png", "No class labels in this dataset: no linear probe.")
+    write_json(out / "metrics.json", metrics)
+    resolved = {"seed": seed, "data": data_cfg, "features": cfg}
+    C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
+    C.write_resolved(resolved, model_dir / "addlib_config.json", code_version=code_version(root))
+    return metrics
+
+
+def extend_cache(cache: TextCache, prompts: list[str], text_cfg: C.TextEncoderConfig) -> TextCache:
+    """Add prompts that are not captions of the dataset (grid prompts, NFSD's negative prompt)."""
+    new = [p for p in dict.fromkeys(prompts) if p not in cache.captions]
+    if not new:
+        return cache
+    states, mask, pooled = TextEncoder(text_cfg.path, text_cfg.max_length)(new)
+    return TextCache(cache.captions + new, torch.cat([cache.states, states]), torch.cat([cache.mask, mask]),
+                     torch.cat([cache.pooled, pooled]))
+
+
+def build_discriminator(feat_cfg: C.FeatureNetConfig, disc_cfg: C.DiscriminatorConfig, channels: int,
+                        c_text_dim: int, root: Path = Path("."), seed: int = 0):
+    from .discriminator import Discriminator, FeatureNetwork
+    from .pretrain import load_backbone
+
+    backbone = load_backbone(feat_cfg, channels, root / MODELS / "features", seed)
+    fn = FeatureNetwork(backbone, feat_cfg.taps, feat_cfg.tap_patch_embed)
+    return Discriminator(fn, c_text_dim, disc_cfg.c_text, disc_cfg.c_img, disc_cfg.cmap_dim, disc_cfg.group_size)
+
+
+def run_add(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, teacher_cfg: C.TeacherConfig,
+            feat_cfg: C.FeatureNetConfig, cfg: C.ADDConfig, root: Path = Path("."), progress: bool = True) -> dict:
+    """ADD training: student from the teacher, discriminator on F, distillation from the teacher."""
+    from diffusers import UNet2DConditionModel
+
+    from .diffusion import NoiseSchedule
+    from .training import save_student_grid, train_add
+
+    ds, cache = load_prepared(root)
+    cache = extend_cache(cache, cfg.sample_prompts + [cfg.nfsd_negative_prompt], text_cfg)
+    teacher = UNet2DConditionModel.from_pretrained(root / MODELS / "teacher")
+    disc = build_discriminator(feat_cfg, cfg.discriminator, ds.images.shape[1], cache.pooled.shape[1], root, seed)
+    out, model_dir = root / REPORTS / "add", root / MODELS / "student"
+    run = train_add(cfg, teacher_cfg, seed, ds.subset(D.TRAIN), cache, teacher, disc,
+                    cache.captions.index(cfg.nfsd_negative_prompt), model_dir, root / CHECKPOINTS / "add",
+                    live_dir=out / "live", grid_dir=out / "progress", progress=progress,
+                    fingerprint_extra=[C.to_dict(feat_cfg)])
+    student, history = run.pop("student"), run.pop("history")
+    resolved = {"seed": seed, "data": data_cfg, "text_encoder": text_cfg, "teacher": teacher_cfg,
+                "features": feat_cfg, "add": cfg}
+    C.write_resolved(resolved, model_dir / "addlib_config.json", code_version=code_version(root))
+    C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
+    rows = [cache.captions.index(p) for p in cfg.sample_prompts]
+    save_student_grid(student, NoiseSchedule(teacher_cfg.schedule), cache, rows, cfg, [1, 2, 4],
+                      out / "samples.png", "ADD student: 1, 2 and 4 steps, same noise per column")
+    steps = [r["step"] for r in history]
+    curves = {k: [r.get(k, float("nan")) for r in history] for k in ("loss_G", "loss_distill", "loss_D")}
+    plots.loss_curve(steps, curves, out / "losses.png", "ADD losses", logy=False)
+    plots.loss_curve(steps, {k: [r.get(k, float("nan")) for r in history] for k in ("logits_real", "logits_fake")},
+                     out / "logits.png", "discriminator logits (sum over heads of the token mean)", logy=False)
+    last = history[-1] if history else {}
+    metrics = {**run, **{f"final_{k}": v for k, v in last.items() if k != "step"}}
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
 # --------------------------------------------------------------------------------------------------
 # The runner DVC calls.
 
@@ -163,6 +271,8 @@ def check_stage(stage: str, params_path: Path, root: Path) -> dict:
         cfg.data.check_inputs(root)
         cfg.text_encoder.check_inputs(root)
     else:
+        if stage == "features":
+            cfg.features.check_inputs(root)
         missing = [p for p in (root / DATA_DIR / "dataset.safetensors", root / DATA_DIR / "text_cache.safetensors")
                    if not p.exists()]
         if missing:

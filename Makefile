@@ -1,0 +1,31 @@
+# The README's two commands: `make repro` (main job) and `make test` (tests). Both create the virtual
+# environment on first use (Python 3.11 + pip, offline but for the package registry) and register its
+# Jupyter kernel, so papermill runs the notebooks on this environment and no other Python.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export HF_HUB_OFFLINE := 1
+
+.PHONY: repro test setup lab clean-checkpoints
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name addlib --display-name "Python (addlib)"
+	touch $@
+
+setup: $(VENV)/.installed
+
+repro: $(VENV)/.installed
+	$(BIN)/dvc repro
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+lab: $(VENV)/.installed
+	$(BIN)/jupyter lab
+
+clean-checkpoints:
+	rm -rf checkpoints

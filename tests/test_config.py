@@ -1,0 +1,76 @@
+"""params.yaml -> typed config: strict keys, types and ranges; profiles merge without changing the path."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from addlib import config
+
+
+def test_default_and_smoke_params_parse(root, smoke_params):
+    default = config.load(root / "params.yaml")
+    assert default.teacher.schedule.num_train_timesteps == 1000
+    assert smoke_params.teacher.train.steps < default.teacher.train.steps
+    assert smoke_params.data.resolution < default.data.resolution
+    # the profile only changes values: untouched keys keep params.yaml's values
+    assert smoke_params.text_encoder == default.text_encoder
+
+
+def test_deep_merge_keeps_siblings():
+    merged = config.deep_merge({"a": {"x": 1, "y": 2}, "b": [1, 2]}, {"a": {"y": 3}, "b": [9]})
+    assert merged == {"a": {"x": 1, "y": 3}, "b": [9]}
+
+
+def _raw(root):
+    return yaml.safe_load((root / "params.yaml").read_text())
+
+
+def test_unknown_key_is_named_with_suggestion(root):
+    raw = _raw(root)
+    raw["teacher"]["train"]["lrr"] = 0.1
+    with pytest.raises(config.ConfigError, match=r"teacher\.train\.lrr: unknown key \(did you mean 'lr'\?\)"):
+        config.parse(raw)
+
+
+@pytest.mark.parametrize("path,value,match", [
+    (("teacher", "train", "lr"), -1.0, r"teacher\.train\.lr: must be > 0"),
+    (("teacher", "train", "steps"), "ten", r"teacher\.train\.steps: expected an integer"),
+    (("teacher", "sample", "sampler"), "heun", r"teacher\.sample\.sampler: 'heun' is not one of"),
+    (("data", "resolution"), 10, r"data\.resolution: must be a multiple of 4"),
+    (("teacher", "unet", "cross_attention"), [True], r"teacher\.unet\.cross_attention: needs one entry"),
+    (("teacher", "train", "cond_dropout"), 1.5, r"teacher\.train\.cond_dropout: must be in \[0, 1\)"),
+])
+def test_bad_values_are_one_line_errors(root, path, value, match):
+    raw = _raw(root)
+    node = raw
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    with pytest.raises(config.ConfigError, match=match) as e:
+        config.parse(raw)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_key_is_an_error(root):
+    raw = _raw(root)
+    del raw["teacher"]["train"]["ema_decay"]
+    with pytest.raises(config.ConfigError, match=r"teacher\.train\.ema_decay: missing key"):
+        config.parse(raw)
+
+
+def test_float_written_without_dot_is_accepted(root):
+    raw = _raw(root)
+    raw["teacher"]["train"]["lr"] = "3e-4"  # YAML reads this as a string
+    assert config.parse(raw).teacher.train.lr == pytest.approx(3e-4)
+
+
+def test_cli_check_exits_2_with_one_line(tmp_path, root):
+    raw = _raw(root)
+    raw["data"]["resolutoin"] = 16
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    r = subprocess.run([sys.executable, "-m", "addlib.config", "check", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0
+    assert "data.resolutoin: unknown key (did you mean 'resolution'?)" in r.stderr

@@ -1,0 +1,88 @@
+"""End to end: `dvc repro` of the smoke profile in a temporary copy of the repository runs `prepare` and
+`teacher` through papermill and writes the expected files; a second `dvc repro` has nothing to do."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def _copy_repo(root: Path, dest: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    for f in files:
+        src = root / f
+        if src.is_file() and not f.startswith(("reports/", "models/", "data/processed")):
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    return dest
+
+
+def _sh(cmd, cwd, env):
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+@pytest.mark.slow
+def test_dvc_repro_smoke_profile(tmp_path, root):
+    repo = _copy_repo(root, tmp_path / "repo")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    _sh([sys.executable, "-m", "addlib.config", "merge", "params.yaml", "profiles/smoke.yaml", "-o", "params.yaml"],
+        repo, env)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _sh(["git", "init", "-q"], repo, env)
+    _sh(git + ["add", "-A"], repo, env)
+    _sh(git + ["commit", "-qm", "smoke"], repo, env)
+
+    r = _sh([str(BIN / "dvc"), "repro"], repo, env)
+    for stage in ["prepare", "teacher", "features", "add"]:
+        assert f"Running stage '{stage}'" in r.stdout, stage
+
+    card = json.loads((repo / "reports/data/card.json").read_text())
+    assert card["images"] == 5000 and card["train"] == 4500 and card["resolution"] == 8
+    assert card["distinct_captions"] == 60
+    metrics = json.loads((repo / "reports/teacher/metrics.json").read_text())
+    assert metrics["steps"] == 3 and 0 < metrics["final_loss"] < 10
+    live = json.loads((repo / "reports/teacher/live/metrics.json").read_text())
+    assert live["step"] == 3 and live["train"]["loss"] == pytest.approx(metrics["final_loss"])
+    for f in ["reports/data/examples.png", "reports/teacher/samples.png", "reports/teacher/loss.png",
+              "reports/executed/prepare.ipynb", "reports/executed/teacher.ipynb",
+              "models/teacher/diffusion_pytorch_model.safetensors", "models/teacher/addlib_config.json",
+              "reports/teacher/live/plots/metrics/train/loss.tsv",
+              "reports/features/loss.png", "reports/features/embedding.png", "models/features/backbone.safetensors",
+              "reports/add/samples.png", "reports/add/losses.png", "reports/add/logits.png",
+              "reports/executed/features.ipynb", "reports/executed/add.ipynb",
+              "models/student/diffusion_pytorch_model.safetensors", "models/student/addlib_config.json",
+              "reports/add/live/plots/metrics/train/loss_G.tsv"]:
+        assert (repo / f).is_file(), f
+    resolved = json.loads((repo / "reports/teacher/config.json").read_text())
+    assert resolved["config"]["teacher"]["train"]["steps"] == 3
+    # the executed notebook received the params.yaml sections through papermill
+    nb = json.loads((repo / "reports/executed/teacher.ipynb").read_text())
+    injected = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    assert injected and '"steps": 3' in "".join(injected[0]["source"])
+    # the trained teacher loads as a diffusers model
+    from diffusers import UNet2DConditionModel
+    unet = UNet2DConditionModel.from_pretrained(repo / "models/teacher")
+    assert unet.config.sample_size == 8 and unet.config.cross_attention_dim == 384
+
+    features = json.loads((repo / "reports/features/metrics.json").read_text())
+    assert features["steps"] == 3 and 0 <= features["linear_probe_accuracy"] <= 1
+    add = json.loads((repo / "reports/add/metrics.json").read_text())
+    assert add["steps"] == 3
+    for k in ["final_loss_G", "final_loss_D", "final_loss_distill", "final_r1", "final_logits_real"]:
+        assert k in add and add[k] == add[k], k  # logged and not NaN
+    assert len(list((repo / "reports/add/progress").glob("step_*.png"))) == 1  # sample_every: 2 of 3 steps
+
+    lock = (repo / "dvc.lock").read_text()
+    assert all(f"{s}:" in lock for s in ["prepare", "teacher", "features", "add"])
+    r = _sh([str(BIN / "dvc"), "repro"], repo, env)
+    assert "Running stage" not in r.stdout
+    r = _sh([str(BIN / "dvc"), "status"], repo, env)
+    assert "up to date" in r.stdout

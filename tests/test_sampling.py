@@ -1,0 +1,113 @@
+"""Teacher samplers: on a model whose optimal denoiser is known in closed form, every solver must land
+on the data; guidance follows its formula."""
+import pytest
+import torch
+
+from addlib import config
+from addlib.diffusion import NoiseSchedule
+from addlib.sampling import guided_v, initial_noise, sample_teacher
+
+
+class DeltaDenoiser(torch.nn.Module):
+    """The exact v-prediction for data concentrated at one point x*: x0 = x* whatever x_t, so
+    v = (alpha_t x_t - x*) / sigma_t."""
+
+    def __init__(self, schedule, target):
+        super().__init__()
+        self.s, self.target = schedule, target
+        self.p = torch.nn.Parameter(torch.zeros(()))  # device/dtype anchor
+        self.calls = 0
+
+    def forward(self, x, t, encoder_hidden_states=None, encoder_attention_mask=None):
+        self.calls += 1
+        t = t.long().clamp(0, self.s.T - 1)
+        v = (self.s.alpha(t, x) * x - self.target) / self.s.sigma(t, x).clamp_min(1e-4)
+        return type("Out", (), {"sample": v})
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "euler"])
+@pytest.mark.parametrize("steps", [1, 2, 8])
+def test_solvers_recover_a_point_mass(sampler, steps):
+    s = NoiseSchedule(config.from_dict(config.ScheduleConfig, dict(num_train_timesteps=1000,
+                      beta_schedule="linear", beta_start=1e-4, beta_end=0.02), "s"))
+    target = torch.linspace(-0.8, 0.8, 16).view(1, 1, 4, 4)
+    net = DeltaDenoiser(s, target)
+    noise = initial_noise(3, (1, 4, 4), seed=0)
+    states, mask = torch.zeros(3, 2, 8), torch.ones(3, 2)
+    x = sample_teacher(net, s, states, mask, (states[:1], mask[:1]), noise, sampler, steps, 1.0)
+    assert net.calls == steps  # guidance 1: one network evaluation per step
+    torch.testing.assert_close(x, target.expand(3, -1, -1, -1), atol=0.03, rtol=0)
+
+
+def test_guidance_formula():
+    class Lin(torch.nn.Module):
+        def forward(self, x, t, encoder_hidden_states, encoder_attention_mask):
+            return type("Out", (), {"sample": x * 0 + encoder_hidden_states.mean((1, 2)).view(-1, 1, 1, 1)})
+
+    x, t = torch.zeros(2, 1, 2, 2), torch.tensor([5, 5])
+    cond = (torch.full((2, 3, 4), 2.0), torch.ones(2, 3))
+    uncond = (torch.full((2, 3, 4), 0.5), torch.ones(2, 3))
+    v = guided_v(Lin(), x, t, cond, uncond, 3.0)
+    assert torch.allclose(v, torch.full_like(v, 0.5 + 3.0 * (2.0 - 0.5)))
+    assert torch.allclose(guided_v(Lin(), x, t, cond, uncond, 1.0), torch.full_like(v, 2.0))
+
+
+def test_initial_noise_is_fixed_by_seed():
+    assert torch.equal(initial_noise(2, (1, 3, 3), 7), initial_noise(2, (1, 3, 3), 7))
+    assert not torch.equal(initial_noise(2, (1, 3, 3), 7), initial_noise(2, (1, 3, 3), 8))
+
+
+def _schedule():
+    return NoiseSchedule(config.from_dict(config.ScheduleConfig, dict(num_train_timesteps=1000,
+                         beta_schedule="linear", beta_start=1e-4, beta_end=0.02), "s"))
+
+
+def test_trailing_timesteps():
+    from addlib.sampling import trailing_timesteps
+    assert trailing_timesteps(1) == [999]
+    assert trailing_timesteps(2) == [999, 499]
+    assert trailing_timesteps(4) == [999, 749, 499, 249]
+
+
+def test_student_one_step_is_one_call_at_t_max_on_pure_noise():
+    from addlib.sampling import sample_student
+    s = _schedule()
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    calls = []
+
+    class Unet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, t, encoder_hidden_states=None, encoder_attention_mask=None):
+            calls.append(t.tolist())
+            return type("Out", (), {"sample": self.net(x) * (1 + t.float().view(-1, 1, 1, 1) / 1000)})
+
+    noise = initial_noise(3, (1, 4, 4), seed=1)
+    states, mask = torch.zeros(3, 2, 8), torch.ones(3, 2)
+    x = sample_student(Unet(), s, states, mask, noise, [999])
+    assert calls == [[999, 999, 999]]
+    # at t = 999, alpha = 0 and sigma = 1, so x0 = -v(noise, 999)
+    expected = (-(net(noise) * 1.999)).clamp(-1, 1)
+    torch.testing.assert_close(x, expected.detach())
+
+
+def test_student_k_steps_visit_exactly_the_timesteps():
+    from addlib.sampling import sample_student
+    s = _schedule()
+    seen = []
+
+    class Rec(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t, encoder_hidden_states=None, encoder_attention_mask=None):
+            seen.append(sorted(set(t.tolist())))
+            return type("Out", (), {"sample": torch.zeros_like(x)})
+
+    sample_student(Rec(), s, torch.zeros(5, 2, 8), torch.ones(5, 2), initial_noise(5, (1, 4, 4), 0),
+                   [999, 749, 499, 249])
+    assert seen == [[999], [749], [499], [249]]

@@ -1,0 +1,47 @@
+"""Bad input stops a stage before any compute: non-zero exit, one clear line, no outputs left behind."""
+import shutil
+import subprocess
+import sys
+
+import yaml
+
+
+def _project(tmp_path, root, edit):
+    """A minimal copy of the project (params.yaml, dvc.yaml) with params edited."""
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    edit(raw)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    shutil.copy(root / "dvc.yaml", tmp_path / "dvc.yaml")
+    return tmp_path
+
+
+def _run(cwd, stage):
+    return subprocess.run([sys.executable, "-m", "addlib.stages", stage], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _assert_clean_failure(r, cwd, message):
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert not (cwd / "data" / "processed").exists()
+    assert not (cwd / "reports").exists()
+    assert not (cwd / "models").exists()
+
+
+def test_unknown_params_key(tmp_path, root):
+    cwd = _project(tmp_path, root, lambda raw: raw["teacher"]["train"].update(stpes=5))
+    for stage in ["prepare", "teacher"]:
+        _assert_clean_failure(_run(cwd, stage), cwd, "teacher.train.stpes: unknown key (did you mean 'steps'?)")
+
+
+def test_missing_image_folder(tmp_path, root):
+    def edit(raw):
+        raw["data"].update(source="folder", folder="no/such/folder")
+    cwd = _project(tmp_path, root, edit)
+    _assert_clean_failure(_run(cwd, "prepare"), cwd, "data.folder: image folder not found")
+
+
+def test_teacher_before_prepare(tmp_path, root):
+    cwd = _project(tmp_path, root, lambda raw: None)
+    _assert_clean_failure(_run(cwd, "teacher"), cwd, "run the 'prepare' stage first")

@@ -1,0 +1,103 @@
+"""Teacher training: two steps, then a resume that continues at step 3 with identical state."""
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from addlib import training
+from addlib.training import Checkpointer, batch_indices, lr_at, train_teacher
+
+
+def _tiny(smoke_params, steps=3):
+    t = smoke_params.teacher
+    return dataclasses.replace(t, train=dataclasses.replace(t.train, steps=steps, checkpoint_every=10,
+                                                            log_every=1, batch_size=4))
+
+
+def _run(cfg, ds, cache, folder, **kw):
+    return train_teacher(cfg, 0, ds, cache, folder / "model", folder / "ckpt", live_dir=folder / "live",
+                         progress=False, **kw)
+
+
+def test_resume_continues_at_step_3_with_identical_state(tmp_path, smoke_params, tiny_data):
+    ds, cache = tiny_data
+    cfg = _tiny(smoke_params)
+    full = _run(cfg, ds, cache, tmp_path / "full")
+    part = _run(cfg, ds, cache, tmp_path / "resumed", max_steps=2)  # "killed" after step 2
+    assert part["steps"] == 2 and not (tmp_path / "resumed" / "model").exists()
+    resumed = _run(cfg, ds, cache, tmp_path / "resumed")
+    assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 3
+    assert [r["step"] for r in resumed["history"]] == [1, 2, 3]
+    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
+    a, b = tmp_path / "full" / "ckpt" / "checkpoint-3", tmp_path / "resumed" / "ckpt" / "checkpoint-3"
+    for name in ["unet", "ema"]:
+        sa, sb = load_file(str(a / f"{name}.safetensors")), load_file(str(b / f"{name}.safetensors"))
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    oa = torch.load(a / "optimizer.pt", weights_only=True)
+    ob = torch.load(b / "optimizer.pt", weights_only=True)
+    for k in oa["state"]:
+        assert torch.equal(oa["state"][k]["exp_avg_sq"], ob["state"][k]["exp_avg_sq"])
+    # the saved diffusers model (EMA weights) is the same, and it differs from the raw weights
+    ma = load_file(str(tmp_path / "full" / "model" / "diffusion_pytorch_model.safetensors"))
+    mb = load_file(str(tmp_path / "resumed" / "model" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    # dvclive saw every step, including the ones before the interruption
+    live = json.loads((tmp_path / "resumed" / "live" / "metrics.json").read_text())
+    assert live["step"] == 3
+
+
+def test_training_reduces_the_loss_on_a_fixed_batch(smoke_params, tiny_data, tmp_path):
+    ds, cache = tiny_data
+    cfg = _tiny(smoke_params, steps=40)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=16, lr=3e-3, warmup_steps=1))
+    out = _run(cfg, ds, cache, tmp_path)
+    losses = [r["loss"] for r in out["history"]]
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tmp_path, smoke_params, tiny_data):
+    ds, cache = tiny_data
+    cfg = _tiny(smoke_params, steps=2)
+    _run(cfg, ds, cache, tmp_path)
+    other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=cfg.train.lr * 2))
+    out = _run(other, ds, cache, tmp_path)
+    assert out["resumed_from_step"] == 0
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, smoke_params, tiny_data):
+    ds, cache = tiny_data
+    cache.states[1:] = float("nan")
+    with pytest.raises(FloatingPointError, match="teacher loss is nan at step 1"):
+        _run(_tiny(smoke_params), ds, cache, tmp_path)
+
+
+def test_batches_cover_each_epoch_once():
+    n, b = 10, 4
+    seen = torch.cat([batch_indices(s, n, b, seed=3) for s in range(5)])  # 20 = two epochs
+    assert sorted(seen[:10].tolist()) == list(range(10))
+    assert sorted(seen[10:].tolist()) == list(range(10))
+    assert not torch.equal(seen[:10], seen[10:])
+    assert torch.equal(batch_indices(2, n, b, 3), batch_indices(2, n, b, 3))
+
+
+def test_lr_schedule(smoke_params):
+    tc = dataclasses.replace(smoke_params.teacher.train, steps=110, warmup_steps=10, lr=1.0)
+    assert lr_at(0, tc) == pytest.approx(0.1)
+    assert lr_at(9, tc) == pytest.approx(1.0)
+    assert lr_at(10, tc) == pytest.approx(1.0)
+    assert lr_at(60, tc) == pytest.approx(0.55)
+    assert lr_at(110, tc) == pytest.approx(0.1)
+
+
+def test_checkpointer_ignores_incomplete(tmp_path):
+    (tmp_path / "checkpoint-9").mkdir()  # a kill during writing leaves no state.json
+    assert Checkpointer(tmp_path, "abc").latest() is None
+
+
+def test_shard_splits_global_batch():
+    class Acc:
+        num_processes, process_index = 2, 1
+    assert training.shard(torch.arange(8), Acc()).tolist() == [4, 5, 6, 7]
