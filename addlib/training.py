@@ -225,6 +225,19 @@ def run_loop(name: str, step_fn, *, steps: int, log_every: int, checkpoint_every
             "train_seconds": elapsed + time.perf_counter() - t_run}
 
 
+def setup_run(tc, train: Dataset, text: TextCache):
+    """What every text-conditional trainer starts with: threads, the accelerator (devices, precision,
+    processes), the training images in [-1, 1] and each image's row in the text cache."""
+    from accelerate import Accelerator
+
+    set_threads(tc.num_threads)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
+    if tc.batch_size % accelerator.num_processes:
+        raise ValueError(f"batch_size {tc.batch_size} does not split over {accelerator.num_processes} processes")
+    row_of = {c: i for i, c in enumerate(text.captions)}
+    return accelerator, train.pixels(), torch.tensor([row_of[c] for c in train.captions])
+
+
 def warmup_cosine(cfg: TrainConfig):
     """lr_factor for run_loop: lr_at(step) / peak lr."""
     return lambda step: lr_at(step, cfg) / cfg.lr
@@ -242,20 +255,11 @@ def train_teacher(cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache
     ``max_steps`` stops early after that many total steps (checkpoint written), as a kill would: used by
     the resume tests.
     """
-    from accelerate import Accelerator
-
     from .config import fingerprint
 
     tc = cfg.train
-    set_threads(tc.num_threads)
-    # 1. Devices, precision, processes.
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
-    if tc.batch_size % accelerator.num_processes:
-        raise ValueError(f"batch_size {tc.batch_size} does not split over {accelerator.num_processes} processes")
-    # 2. Data: images in [-1, 1] and their caption rows in the text cache.
-    x_all = train.pixels()
-    row_of = {c: i for i, c in enumerate(text.captions)}
-    cap_all = torch.tensor([row_of[c] for c in train.captions])
+    # 1-2. Devices, precision, processes; images in [-1, 1] and their caption rows in the text cache.
+    accelerator, x_all, cap_all = setup_run(tc, train, text)
     # 3. Schedule, model, EMA, optimizer.
     schedule = NoiseSchedule(cfg.schedule)
     torch.manual_seed(seed)
@@ -364,21 +368,13 @@ def train_add(cfg, teacher_cfg: TeacherConfig, seed: int, train: Dataset, text: 
     """
     import copy
 
-    from accelerate import Accelerator
-
     from . import discriminator as disc
     from .config import fingerprint
 
     tc, dc = cfg.train, cfg.discriminator
-    set_threads(tc.num_threads)
-    # 1. Devices, precision, processes.
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
-    if tc.batch_size % accelerator.num_processes:
-        raise ValueError(f"batch_size {tc.batch_size} does not split over {accelerator.num_processes} processes")
-    # 2. Data and captions.
-    x_all = train.pixels()
+    # 1-2. Devices, precision, processes; images and caption rows.
+    accelerator, x_all, cap_all = setup_run(tc, train, text)
     row_of = {c: i for i, c in enumerate(text.captions)}
-    cap_all = torch.tensor([row_of[c] for c in train.captions])
     schedule = NoiseSchedule(teacher_cfg.schedule)
     tau = torch.tensor(cfg.student_timesteps)
     # 3. Networks: frozen teacher, student (from the teacher, section 3.1), discriminator heads.
