@@ -298,10 +298,17 @@ class DiscriminatorConfig:
     augment: list[Literal["color", "translation", "cutout"]]  # differentiable augmentation, real and fake
     cmap_dim: int            # projection dimension (StyleGAN-T: 64)
     group_size: int          # local batch-norm group size (StyleGAN-T: 8)
+    # c_img of a *fake* whose student input was pure noise (alpha = 0): 'real' = the paper's literal reading
+    # (the unrelated real x0 the batch drew); 'teacher_ode' = the embedding of the teacher's deterministic
+    # solve from the same noise, a per-noise target (a deviation, see training.train_add).
+    c_img_pure_noise: Literal["real", "teacher_ode"]
+    ode_steps: int           # DDIM steps of that teacher solve
+    ode_guidance: float      # its classifier-free guidance
 
     def validate(self, where: str) -> None:
         _check(self.r1_gamma >= 0, f"{where}.r1_gamma", "must be >= 0")
         _check(self.cmap_dim >= 1 and self.group_size >= 1, f"{where}.cmap_dim", "cmap_dim and group_size >= 1")
+        _check(self.ode_steps >= 1 and self.ode_guidance >= 0, f"{where}.ode_steps", "ode_steps >= 1, ode_guidance >= 0")
 
 
 @dataclasses.dataclass

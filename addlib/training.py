@@ -432,11 +432,24 @@ def train_add(cfg, teacher_cfg: TeacherConfig, seed: int, train: Dataset, text: 
             x_hat = schedule.x0_from_v(x_s, student(x_s, s, encoder_hidden_states=states,
                                                       encoder_attention_mask=mask).sample, s)
         c_img = d_raw.image_embedding(x0) if dc.c_img else None
-        c = d_raw.condition(pooled, c_img)
+        c_real = c_fake = d_raw.condition(pooled, c_img)
+        pure = s == schedule.T - 1  # alpha = 0: the student's input holds no trace of x0
+        if dc.c_img and dc.c_img_pure_noise == "teacher_ode" and pure.any():
+            # Deviation from the paper's literal reading (which is silent here): a fake made from pure noise
+            # is conditioned on the embedding of the teacher's deterministic solve from that same noise, so
+            # D's image condition is a function of the noise and identical outputs stop receiving identical
+            # gradients (without it the 1-step student collapses to one template per prompt). Real pairs
+            # stay (x0, c_img(x0)).
+            with torch.no_grad():
+                x_ode = teacher_x0(teacher, schedule, x_s[pure], s[pure], (states[pure], mask[pure]),
+                                   (empty[0][pure], empty[1][pure]), dc.ode_guidance, dc.ode_steps)
+            c_img_fake = c_img.clone()
+            c_img_fake[pure] = d_raw.image_embedding(x_ode.clamp(-1, 1))
+            c_fake = d_raw.condition(pooled, c_img_fake)
         out = {}
         loss_g = torch.zeros((), device=dev)
         if cfg.lambda_adv > 0:
-            logits_fake = d_raw.heads_forward(d_raw.features(disc.diff_augment(x_hat, g_aug, **augment)), c)
+            logits_fake = d_raw.heads_forward(d_raw.features(disc.diff_augment(x_hat, g_aug, **augment)), c_fake)
             l_adv = losses.hinge_g(logits_fake).mean()
             loss_g = loss_g + cfg.lambda_adv * l_adv
             out["loss_G"] = l_adv.item()
@@ -469,8 +482,8 @@ def train_add(cfg, teacher_cfg: TeacherConfig, seed: int, train: Dataset, text: 
                 f_real = d_raw.features(disc.diff_augment(x0, g_aug, **augment))
                 f_fake = d_raw.features(disc.diff_augment(x_hat.detach(), g_aug, **augment))
             f_real = [f.detach().requires_grad_(dc.r1_gamma > 0) for f in f_real]
-            logits_real = d_raw.heads_forward(f_real, c)
-            logits_fake = d_raw.heads_forward(f_fake, c)
+            logits_real = d_raw.heads_forward(f_real, c_real)
+            logits_fake = d_raw.heads_forward(f_fake, c_fake)
             l_d = (losses.hinge_d_real(logits_real) + losses.hinge_d_fake(logits_fake)).mean()
             r1 = losses.r1_penalty(logits_real, f_real).mean() if dc.r1_gamma > 0 else torch.zeros(())
             loss_d = l_d + dc.r1_gamma * r1

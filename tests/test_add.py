@@ -112,3 +112,13 @@ def test_saved_student_samples_in_one_call(tmp_path, smoke_params, tiny_data):
     assert torch.equal(x1, sampler(["the number 3", "seven"], steps=1, seed=0))
     assert sampler.timesteps(4) == add.student_timesteps and sampler.timesteps(2) == [999, 499]
     assert (tmp_path / "student" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("pairing", ["real", "teacher_ode"])
+def test_pure_noise_image_conditioning_variants_run(tmp_path, smoke_params, tiny_data, pairing):
+    add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data)
+    add = dataclasses.replace(add, student_timesteps=[999],  # every sample starts from pure noise
+                              discriminator=dataclasses.replace(add.discriminator, c_img_pure_noise=pairing),
+                              train=dataclasses.replace(add.train, steps=1))
+    row = _run(add, smoke_params, ds, cache, teacher, disc, tmp_path)["history"][-1]
+    assert {"loss_G", "loss_D", "logits_fake"} <= row.keys()
