@@ -104,3 +104,58 @@ def note_figure(path: str | Path, text: str) -> Path:
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def _method_lines(rows: list[dict]) -> dict[str, list[dict]]:
+    lines: dict[str, list[dict]] = {}
+    for r in rows:
+        lines.setdefault(f"{r['model']} {r['sampler']}", []).append(r)
+    return lines
+
+
+def fid_vs_nfe(rows: list[dict], floor: float, path: str | Path, title: str = "") -> Path:
+    """FID against network evaluations per image, one line per method, the real-vs-real floor dashed."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, rs in _method_lines(rows).items():
+        rs = sorted(rs, key=lambda r: r["nfe"])
+        ax.plot([r["nfe"] for r in rs], [r["fid"] for r in rs], "o-", lw=1.2, ms=4, label=name)
+        for r in rs:
+            ax.annotate(str(r["steps"]), (r["nfe"], r["fid"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(floor, ls="--", c="gray", lw=1, label=f"real vs real floor ({floor:.2f})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("network evaluations per image (NFE; labels: steps)")
+    ax.set_ylabel("FID (in-domain features)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def quality_vs_time(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Figure 7's layout: FID and CLIP score against seconds per image at batch 1."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, ax in zip(("fid", "clip_score"), axes):
+        for name, rs in _method_lines(rows).items():
+            rs = sorted(rs, key=lambda r: r["seconds_per_image"])
+            ax.plot([r["seconds_per_image"] for r in rs], [r[key] for r in rs], "o-", lw=1.2, ms=4, label=name)
+            for r in rs:
+                ax.annotate(str(r["steps"]), (r["seconds_per_image"], r[key]), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.set_xscale("log")
+        if key == "fid":
+            ax.set_yscale("log")
+        ax.set_xlabel("seconds per image, batch 1 (labels: steps)")
+        ax.set_ylabel({"fid": "FID (lower is better)", "clip_score": "CLIP score (higher is better)"}[key])
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,5 +1,5 @@
 """Sampling. The teacher's solvers (DDIM, DPM-Solver++, Euler via diffusers schedulers) with
-classifier-free guidance; the ADD student's few-step sampler is added by the ADD issue.
+classifier-free guidance, and the ADD student's few-step sampler.
 
 Guidance on the v output: v = v(x, empty) + w * (v(x, c) - v(x, empty))  (Ho & Salimans 2022), with
 w = 1 meaning no guidance (one network evaluation per step instead of two).
@@ -66,6 +66,12 @@ def trailing_timesteps(steps: int, T: int = 1000) -> list[int]:
     return [int(round(T - i * T / steps)) - 1 for i in range(steps)]
 
 
+def student_timesteps(steps: int, trained: list[int], T: int = 1000) -> list[int]:
+    """The student's timesteps for a k-step sample: the trained ones when k equals their number, else
+    trailing spacing (1 step is always t = T-1)."""
+    return list(trained) if steps == len(trained) else trailing_timesteps(steps, T)
+
+
 @torch.no_grad()
 def sample_student(unet, schedule: NoiseSchedule, states: torch.Tensor, mask: torch.Tensor,
                    noise: torch.Tensor, timesteps: list[int], seed: int = 0,
@@ -121,9 +127,7 @@ class ADDSampler:
         return cls(unet, schedule, TextEncoder(text.path, text.max_length), resolved["add"]["student_timesteps"])
 
     def timesteps(self, steps: int) -> list[int]:
-        if steps == len(self.student_timesteps):
-            return self.student_timesteps
-        return trailing_timesteps(steps, self.schedule.T)
+        return student_timesteps(steps, self.student_timesteps, self.schedule.T)
 
     @torch.no_grad()
     def __call__(self, prompts: str | list[str], steps: int = 1, seed: int = 0) -> torch.Tensor:

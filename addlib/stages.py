@@ -35,6 +35,8 @@ STAGE_SECTIONS = {
     "teacher": ["seed", "data", "text_encoder", "teacher"],
     "features": ["seed", "data", "features"],
     "add": ["seed", "data", "text_encoder", "teacher", "features", "add"],
+    "evaluators": ["seed", "data", "text_encoder", "evaluators"],
+    "evaluate": ["seed", "data", "text_encoder", "teacher", "add", "evaluators", "evaluate"],
 }
 
 
@@ -224,6 +226,221 @@ def run_add(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, te
     return metrics
 
 
+def class_text_embeddings(train: D.Dataset, cache: TextCache) -> torch.Tensor:
+    """One text embedding per class: the mean of the normalised pooled embeddings of the captions that
+    class's training images carry (the zero-shot classifier of the image tower)."""
+    row_of = {c: i for i, c in enumerate(cache.captions)}
+    pooled = torch.nn.functional.normalize(cache.pooled[[row_of[c] for c in train.captions]].float(), dim=-1)
+    return torch.stack([pooled[train.labels == k].mean(0) for k in range(int(train.labels.max()) + 1)])
+
+
+def has_labels(ds: D.Dataset) -> bool:
+    return bool((ds.labels >= 0).all()) and len(set(ds.labels.tolist())) > 1
+
+
+def run_evaluators(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, cfg: C.EvaluatorsConfig,
+                   root: Path = Path("."), progress: bool = True) -> dict:
+    """Train the metrics' networks: the classifier (FID features, prompt accuracy) and the CLIP image tower."""
+    from .evaluators import batched, train_evaluator, zero_shot_accuracy
+    from .metrics import clip_score
+
+    ds, cache = load_prepared(root)
+    train, hold = ds.subset(D.TRAIN), ds.subset(D.HOLDOUT)
+    out, model_dir = root / REPORTS / "evaluators", root / MODELS / "evaluators"
+    row_of = {c: i for i, c in enumerate(cache.captions)}
+    metrics: dict = {}
+    curves = {}
+    if has_labels(train):
+        run = train_evaluator("classifier", cfg.classifier, seed, train.pixels(), train.labels, None, model_dir,
+                              root / CHECKPOINTS / "evaluators" / "classifier", progress=progress,
+                              num_threads=cfg.num_threads)
+        clf = run["model"]
+        metrics["classifier"] = {"steps": run["steps"], "train_seconds": run["train_seconds"],
+                                 "holdout_accuracy": float((batched(clf, hold.pixels()).argmax(1) == hold.labels)
+                                                           .float().mean())}
+        curves["classifier cross-entropy"] = run["history"]
+    caption_ids = torch.tensor([row_of[c] for c in train.captions])
+    run = train_evaluator("clip", cfg.clip, seed, train.pixels(), caption_ids, cache.pooled, model_dir,
+                          root / CHECKPOINTS / "evaluators" / "clip", progress=progress, num_threads=cfg.num_threads)
+    tower = run["model"]
+    z = batched(tower, hold.pixels())
+    own = cache.pooled[[row_of[c] for c in hold.captions]]
+    shuffled = own[torch.randperm(len(own), generator=torch.Generator().manual_seed(seed))]
+    metrics["clip"] = {"steps": run["steps"], "train_seconds": run["train_seconds"],
+                       "holdout_clip_score_own_captions": clip_score(z, own),
+                       "holdout_clip_score_shuffled_captions": clip_score(z, shuffled)}
+    if has_labels(train):
+        metrics["clip"]["holdout_zero_shot_accuracy"] = zero_shot_accuracy(tower, hold.pixels(), hold.labels,
+                                                                          class_text_embeddings(train, cache))
+    curves["image tower CLIP loss"] = run["history"]
+    fig_steps = max(curves.values(), key=len)
+    plots.loss_curve([r["step"] for r in fig_steps],
+                     {k: [r["loss"] for r in v] + [float("nan")] * (len(fig_steps) - len(v)) for k, v in curves.items()},
+                     out / "loss.png", "evaluator networks: training losses")
+    write_json(out / "metrics.json", metrics)
+    resolved = {"seed": seed, "data": data_cfg, "text_encoder": text_cfg, "evaluators": cfg}
+    C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
+    C.write_resolved(resolved, model_dir / "addlib_config.json", code_version=code_version(root))
+    return metrics
+
+
+def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, teacher_cfg: C.TeacherConfig,
+                 add_cfg: C.ADDConfig, ev_cfg: C.EvaluatorsConfig, cfg: C.EvaluateConfig, root: Path = Path("."),
+                 progress: bool = True) -> dict:
+    """Table 2 and Figures 4 and 7: the teacher's solvers against the ADD student (see evaluation.py)."""
+    import csv
+
+    from diffusers import UNet2DConditionModel
+
+    from . import evaluation as E
+    from .diffusion import NoiseSchedule
+    from .evaluators import clip_model_towers, inception_features, load_evaluator
+    from .metrics import extract, fid_from_features, split_halves_fid
+    from .sampling import initial_noise
+    from .training import set_threads
+
+    set_threads(cfg.num_threads)
+    ds, cache = load_prepared(root)
+    cache = extend_cache(cache, add_cfg.sample_prompts, text_cfg)
+    ref = ds.subset(D.TRAIN if cfg.reference == "train" else D.HOLDOUT)
+    sel = ds.subset(D.HOLDOUT if cfg.reference == "train" else D.TRAIN)
+    out = root / REPORTS / "evaluate"
+    ev_dir = root / MODELS / "evaluators"
+    shape = tuple(ds.images.shape[1:])
+    # Evaluator networks (or the standard ones from local files).
+    n_classes = int(ds.labels.max()) + 1
+    classifier = load_evaluator("classifier", ev_cfg.classifier, shape[0], n_classes, ev_dir) if has_labels(ref) else None
+    if cfg.inception:
+        feat_fn, feat_name = inception_features(cfg.inception), "inception"
+    elif classifier is not None:
+        feat_fn, feat_name = classifier.embed, "in-domain classifier"
+    else:
+        raise C.ConfigError("evaluate.inception: the dataset has no labels, so there is no in-domain classifier; "
+                            "give clean-fid's Inception folder")
+    if cfg.clip:
+        image_emb, clip_text = clip_model_towers(cfg.clip)
+    else:
+        tower = load_evaluator("clip", ev_cfg.clip, shape[0], cache.pooled.shape[1], ev_dir)
+        image_emb, clip_text = tower, None
+    classify = (lambda x: classifier(x).argmax(1)) if classifier is not None else None
+    ref_feats, sel_feats = extract(feat_fn, ref.pixels()), extract(feat_fn, sel.pixels())
+    scorer = E.Scorer(feat_fn, image_emb, classify, ref_feats, cfg.pr_k, pr_seed=cfg.seed)
+    floor = split_halves_fid(ref_feats, seed=cfg.seed)
+
+    def prompts_for(split, n, s):
+        p = E.draw_prompts(split.captions, split.labels, cache, n, s)
+        if clip_text is not None:
+            p.text_emb = torch.cat([clip_text(p.captions[i:i + 256]) for i in range(0, len(p), 256)])
+        return p
+
+    test_prompts = prompts_for(ref, cfg.num_samples, cfg.seed)
+    test_noise = initial_noise(cfg.num_samples, shape, cfg.seed)
+    sel_prompts = prompts_for(sel, cfg.guidance_samples, cfg.guidance_seed)
+    sel_noise = initial_noise(cfg.guidance_samples, shape, cfg.guidance_seed)
+    schedule = NoiseSchedule(teacher_cfg.schedule)
+    teacher = UNet2DConditionModel.from_pretrained(root / MODELS / "teacher").eval()
+    student = UNet2DConditionModel.from_pretrained(root / MODELS / "student").eval()
+    empty = tuple(a for a in cache[torch.tensor([0])][:2])
+
+    def teacher_gen(sampler, steps, w):
+        return E.Generator("teacher", sampler, steps, w, teacher, schedule, empty=empty)
+
+    def student_gen(steps):
+        return E.Generator("student", "add", steps, 1.0, student, schedule,
+                           trained_timesteps=add_cfg.student_timesteps)
+
+    rows, guidance, images_of, seed_fids = [], {}, {}, {}
+
+    def add_row(gen, images, throughput):
+        r = {"model": gen.model, "sampler": gen.sampler, "steps": gen.steps, "nfe": gen.nfe,
+             "guidance": gen.guidance,
+             "seconds_per_image": E.seconds_per_image_batch1(gen, test_prompts, test_noise, cfg.speed_repeats),
+             "images_per_second": throughput if throughput is not None else float("nan"),
+             **scorer(images, test_prompts)}
+        rows.append(r)
+        print(f"{r['model']:8s} {r['sampler']:12s} {r['steps']:3d} steps  w={r['guidance']:<4g} NFE {r['nfe']:3d}  "
+              f"FID {r['fid']:8.3f}  P {r['precision']:.3f}  R {r['recall']:.3f}  CLIP {r['clip_score']:.2f}  "
+              f"acc {r['prompt_accuracy']:.3f}  {r['seconds_per_image'] * 1e3:.1f} ms/img  "
+              f"{r['images_per_second']:.1f} img/s", flush=True)
+
+    # Teacher rows: guidance chosen on the held-out split per sampler and step count (up to guidance_max_steps).
+    for sampler in cfg.teacher_samplers:
+        chosen: dict[int, float] = {}
+        for steps in sorted(cfg.teacher_steps):
+            if steps <= cfg.guidance_max_steps or not chosen:
+                w, fids = E.choose_guidance(lambda w: teacher_gen(sampler, steps, w), cfg.guidance_candidates,
+                                            sel_prompts, sel_noise, lambda x: fid_from_features(sel_feats, extract(feat_fn, x)),
+                                            cfg.batch_size)
+                chosen[steps] = w
+                guidance[f"{sampler}/{steps}"] = {"chosen": w, "heldout_fid": {f"{k:g}": v for k, v in fids.items()}}
+            else:
+                w = chosen[max(chosen)]
+                guidance[f"{sampler}/{steps}"] = {"chosen": w, "reused_from_steps": max(chosen)}
+            gen = teacher_gen(sampler, steps, w)
+            images, throughput = E.generate(gen, test_prompts, test_noise, cfg.batch_size, progress=progress)
+            images_of[(sampler, steps)] = images
+            add_row(gen, images, throughput)
+    # Student rows, plus the FID spread over noise seeds.
+    for steps in sorted(cfg.student_steps):
+        gen = student_gen(steps)
+        images, throughput = E.generate(gen, test_prompts, test_noise, cfg.batch_size, seed=cfg.seed)
+        images_of[("add", steps)] = images
+        add_row(gen, images, throughput)
+        fids = [rows[-1]["fid"]]
+        for k in range(1, cfg.seed_repeats + 1):
+            x, _ = E.generate(gen, test_prompts, initial_noise(cfg.num_samples, shape, cfg.seed + k), cfg.batch_size,
+                              seed=cfg.seed + k)
+            fids.append(fid_from_features(ref_feats, extract(feat_fn, x)))
+        t = torch.tensor(fids, dtype=torch.float64)
+        seed_fids[f"student/add/{steps}"] = {"fids": fids, "mean": float(t.mean()),
+                                             "std": float(t.std()) if len(fids) > 1 else 0.0}
+
+    # Outputs: the table (csv + markdown), metrics, plots, Figure 4.
+    tables = root / REPORTS / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    with open(tables / "comparison.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=E.COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    (tables / "comparison.md").write_text(E.markdown_table(rows))
+    targets = E.check_targets(rows)
+    result = {"fid_features": feat_name, "clip_model": "transformers CLIP" if cfg.clip else "in-domain image tower",
+              "reference": cfg.reference, "reference_images": len(ref), "num_samples": cfg.num_samples,
+              "fid_floor_split_halves": floor, "student_fid_over_seeds": seed_fids, "teacher_guidance": guidance,
+              "rows": {f"{r['model']}/{r['sampler']}/{r['steps']}": r for r in rows}, "targets": targets,
+              "targets_met": sum(t["met"] for t in targets.values()), "targets_total": len(targets)}
+    write_json(root / REPORTS / "metrics" / "evaluate.json", result)
+    plots.fid_vs_nfe(rows, floor, out / "fid_vs_nfe.png",
+                     f"FID vs NFE ({cfg.num_samples} samples, {feat_name} features)")
+    plots.quality_vs_time(rows, out / "quality_vs_time.png", "quality against sampling time (batch 1, this machine)")
+    # Figure 4: the same prompts and noise for teacher and student.
+    k = cfg.grid_per_prompt
+    grid_prompts = [p for p in add_cfg.sample_prompts for _ in range(k)]
+    gp = E.prompts_of(grid_prompts, torch.full((len(grid_prompts),), -1), cache)
+    noise = initial_noise(len(gp), shape, cfg.seed)
+    blocks, labels = [], []
+    for steps in cfg.grid_steps:
+        cands = [r for r in rows if r["model"] == "teacher" and r["steps"] == steps]
+        sampler, w = (min(cands, key=lambda r: r["fid"])[k2] for k2 in ("sampler", "guidance")) if cands \
+            else (cfg.teacher_samplers[0], 1.0)
+        blocks.append(teacher_gen(sampler, steps, w)(gp, noise))
+        labels.append(f"teacher {sampler}\n{steps} steps, w={w:g}")
+    for steps in sorted(cfg.student_steps):
+        blocks.append(student_gen(steps)(gp, noise, seed=cfg.seed))
+        labels.append(f"ADD student\n{steps} step{'s' if steps > 1 else ''}")
+    grid = [[] for _ in add_cfg.sample_prompts]
+    col_labels = []
+    for x, lab in zip(blocks, labels):
+        for r in range(len(grid)):
+            grid[r].extend(x[r * k:(r + 1) * k])
+        col_labels += [lab] + [""] * (k - 1)
+    plots.image_grid(grid, out / "figure4.png", row_labels=add_cfg.sample_prompts, col_labels=col_labels,
+                     title="Figure 4 at this scale: the same prompts and noise in every block")
+    C.write_resolved({"seed": seed, "data": data_cfg, "text_encoder": text_cfg, "teacher": teacher_cfg, "add": add_cfg,
+                      "evaluators": ev_cfg, "evaluate": cfg}, out / "config.json", code_version=code_version(root))
+    return result
+
+
 # --------------------------------------------------------------------------------------------------
 # The runner DVC calls.
 
@@ -273,6 +490,12 @@ def check_stage(stage: str, params_path: Path, root: Path) -> dict:
     else:
         if stage == "features":
             cfg.features.check_inputs(root)
+        if stage == "evaluate":
+            cfg.evaluate.check_inputs(root)
+            for name in ("teacher", "student", "evaluators"):
+                if not (root / MODELS / name).is_dir():
+                    raise C.ConfigError(f"{root / MODELS / name}: not found; run the stages before 'evaluate' "
+                                        f"first (dvc repro)")
         missing = [p for p in (root / DATA_DIR / "dataset.safetensors", root / DATA_DIR / "text_cache.safetensors")
                    if not p.exists()]
         if missing:

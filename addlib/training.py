@@ -227,7 +227,7 @@ def run_loop(name: str, step_fn, *, steps: int, log_every: int, checkpoint_every
 
 def setup_run(tc, train: Dataset, text: TextCache):
     """What every text-conditional trainer starts with: threads, the accelerator (devices, precision,
-    processes), the training images in [-1, 1] and each image's row in the text cache."""
+    processes), the training images in [-1, 1], each image's row in the text cache, and caption -> row."""
     from accelerate import Accelerator
 
     set_threads(tc.num_threads)
@@ -235,7 +235,7 @@ def setup_run(tc, train: Dataset, text: TextCache):
     if tc.batch_size % accelerator.num_processes:
         raise ValueError(f"batch_size {tc.batch_size} does not split over {accelerator.num_processes} processes")
     row_of = {c: i for i, c in enumerate(text.captions)}
-    return accelerator, train.pixels(), torch.tensor([row_of[c] for c in train.captions])
+    return accelerator, train.pixels(), torch.tensor([row_of[c] for c in train.captions]), row_of
 
 
 def warmup_cosine(cfg: TrainConfig):
@@ -259,7 +259,7 @@ def train_teacher(cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache
 
     tc = cfg.train
     # 1-2. Devices, precision, processes; images in [-1, 1] and their caption rows in the text cache.
-    accelerator, x_all, cap_all = setup_run(tc, train, text)
+    accelerator, x_all, cap_all, _ = setup_run(tc, train, text)
     # 3. Schedule, model, EMA, optimizer.
     schedule = NoiseSchedule(cfg.schedule)
     torch.manual_seed(seed)
@@ -373,8 +373,7 @@ def train_add(cfg, teacher_cfg: TeacherConfig, seed: int, train: Dataset, text: 
 
     tc, dc = cfg.train, cfg.discriminator
     # 1-2. Devices, precision, processes; images and caption rows.
-    accelerator, x_all, cap_all = setup_run(tc, train, text)
-    row_of = {c: i for i, c in enumerate(text.captions)}
+    accelerator, x_all, cap_all, row_of = setup_run(tc, train, text)
     schedule = NoiseSchedule(teacher_cfg.schedule)
     tau = torch.tensor(cfg.student_timesteps)
     # 3. Networks: frozen teacher, student (from the teacher, section 3.1), discriminator heads.
@@ -403,6 +402,9 @@ def train_add(cfg, teacher_cfg: TeacherConfig, seed: int, train: Dataset, text: 
         "perceptual": lambda a, b: losses.distance_perceptual(a, b, d_raw.features),
     }[cfg.distance]
     lo, hi = cfg.teacher_t_range
+    # Text states of the empty prompt (row 0) and of NFSD's negative prompt, one row each.
+    empty_1 = tuple(a.to(accelerator.device) for a in text[torch.tensor([0])][:2])
+    negative_1 = tuple(a.to(accelerator.device) for a in text[torch.tensor([negative_row])][:2])
     grid_text = None
     if grid_dir is not None:
         rows = [row_of.get(p) for p in cfg.sample_prompts]
@@ -423,8 +425,8 @@ def train_add(cfg, teacher_cfg: TeacherConfig, seed: int, train: Dataset, text: 
         dev = accelerator.device
         x0, s, eps, t, eps2, states, mask, pooled = (a.to(dev) for a in (x0, s, eps, t, eps2, states, mask, pooled))
         n = len(x0)
-        empty = tuple(a.to(dev).expand(n, *a.shape[1:]) for a in text[torch.tensor([0])][:2])
-        negative = tuple(a.to(dev).expand(n, *a.shape[1:]) for a in text[torch.tensor([negative_row])][:2])
+        empty = tuple(a.expand(n, *a.shape[1:]) for a in empty_1)
+        negative = tuple(a.expand(n, *a.shape[1:]) for a in negative_1)
         cond = (states, mask)
         # Student: x_s = alpha_s x0 + sigma_s eps at a student timestep s; x_hat = x0 prediction.
         x_s = schedule.add_noise(x0, eps, s)
@@ -519,7 +521,7 @@ def save_student_grid(student, schedule: NoiseSchedule, text: TextCache, rows: l
     """One row per prompt; a block of ``sample_per_prompt`` columns per step count, the same noise seeds in
     every block (so a column shows one sample refined by more steps)."""
     from .plots import image_grid
-    from .sampling import initial_noise, sample_student, trailing_timesteps
+    from .sampling import initial_noise, sample_student, student_timesteps
 
     k = cfg.sample_per_prompt
     ids = torch.tensor(rows).repeat_interleave(k)
@@ -530,8 +532,7 @@ def save_student_grid(student, schedule: NoiseSchedule, text: TextCache, rows: l
     grid = [[] for _ in rows]
     col_labels = []
     for n_steps in steps_list:
-        ts = list(cfg.student_timesteps) if n_steps == len(cfg.student_timesteps) \
-            else trailing_timesteps(n_steps, schedule.T)
+        ts = student_timesteps(n_steps, cfg.student_timesteps, schedule.T)
         x = sample_student(student, schedule, states, mask, noise, ts, seed=cfg.sample_seed)
         for r in range(len(rows)):
             grid[r].extend(x[r * k:(r + 1) * k])

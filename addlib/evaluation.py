@@ -1,0 +1,204 @@
+"""The comparison of the paper's Table 2 and Figures 4 and 7 at this scale (stage ``evaluate``).
+
+Rows: the teacher with each solver at each step count (its guidance scale chosen on the held-out split,
+never on the test reference), and the ADD student at 1, 2 and 4 steps (no guidance). Every row is scored
+on the same prompts (drawn from the reference split's captions, so the prompt distribution is the data's)
+and, for rows of equal step count, the same starting noise:
+
+- FID against the reference split in the evaluator's feature space (torchmetrics/clean-fid, metrics.py),
+  with the split-half FID of the real images as the noise floor, and the student's spread over seeds;
+- improved precision and recall (k-NN radii) in the same space, against a reference subset of equal size;
+- CLIP score (image tower vs the frozen text encoder) and prompt accuracy (the classifier's readout);
+- speed: seconds per image at batch 1 (median of repeats after a warm-up) and images per second at the
+  large batch (median over the timed batches of the sample run, the first batch being the warm-up),
+  network evaluations (NFE) per image.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+import torch
+
+from . import metrics as M
+from .diffusion import NoiseSchedule
+from .sampling import initial_noise, sample_student, sample_teacher, student_timesteps
+
+COLUMNS = ["model", "sampler", "steps", "nfe", "guidance", "seconds_per_image", "images_per_second", "fid",
+           "precision", "recall", "clip_score", "prompt_accuracy"]
+
+
+@dataclasses.dataclass
+class Prompts:
+    """The evaluation prompts: the caption, the generator's text states, the text embedding the CLIP score
+    compares with (the frozen encoder's pooled output, or a real CLIP's text features) and the label
+    (-1 unknown) of each sample."""
+    captions: list[str]
+    states: torch.Tensor
+    mask: torch.Tensor
+    text_emb: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def slice(self, i: int, j: int) -> "Prompts":
+        return Prompts(self.captions[i:j], self.states[i:j], self.mask[i:j], self.text_emb[i:j], self.labels[i:j])
+
+
+def draw_prompts(captions: list[str], labels: torch.Tensor, text, n: int, seed: int) -> Prompts:
+    """n prompts drawn without replacement (cycling when n exceeds the split) from a split's captions."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(len(captions), generator=g) for _ in range(-(-n // len(captions)))])[:n]
+    return prompts_of([captions[i] for i in order], labels[order], text)
+
+
+def prompts_of(captions: list[str], labels: torch.Tensor, text) -> Prompts:
+    """Prompts for exactly these captions (each must be in the text cache), in this order."""
+    row_of = {c: i for i, c in enumerate(text.captions)}
+    states, mask, pooled = text[torch.tensor([row_of[c] for c in captions])]
+    return Prompts(list(captions), states, mask, pooled, labels)
+
+
+@dataclasses.dataclass
+class Generator:
+    """One row's sampler: ``model`` teacher|student, ``sampler`` ddim|dpmsolver++|euler|add."""
+    model: str
+    sampler: str
+    steps: int
+    guidance: float
+    unet: torch.nn.Module
+    schedule: NoiseSchedule
+    empty: tuple[torch.Tensor, torch.Tensor] | None = None   # teacher: the empty prompt's (states, mask)
+    trained_timesteps: list[int] | None = None              # student: its training timesteps
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per image: guidance doubles the teacher's (conditional + unconditional)."""
+        return self.steps * (2 if self.model == "teacher" and self.guidance != 1.0 else 1)
+
+    def __call__(self, prompts: Prompts, noise: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        if self.model == "teacher":
+            return sample_teacher(self.unet, self.schedule, prompts.states, prompts.mask, self.empty, noise,
+                                  self.sampler, self.steps, self.guidance, batch_size=len(noise))
+        ts = student_timesteps(self.steps, self.trained_timesteps, self.schedule.T)
+        return sample_student(self.unet, self.schedule, prompts.states, prompts.mask, noise, ts, seed=seed,
+                              batch_size=len(noise))
+
+
+def generate(gen: Generator, prompts: Prompts, noise: torch.Tensor, batch_size: int, seed: int = 0,
+             progress: bool = False) -> tuple[torch.Tensor, float | None]:
+    """All samples in batches; returns them and the large-batch throughput (images/s: median over the
+    full-size batches after the first, which is the warm-up; None when there is no such batch)."""
+    from tqdm import tqdm
+
+    out, rates = [], []
+    for b, i in enumerate(tqdm(range(0, len(noise), batch_size), disable=not progress,
+                               desc=f"{gen.model} {gen.sampler} {gen.steps}", leave=False)):
+        p = prompts.slice(i, i + batch_size)
+        t0 = time.perf_counter()
+        out.append(gen(p, noise[i:i + batch_size], seed=seed * 100_003 + b))
+        if b > 0 and len(p) == batch_size:
+            rates.append(len(p) / (time.perf_counter() - t0))
+    return torch.cat(out), (statistics.median(rates) if rates else None)
+
+
+def seconds_per_image_batch1(gen: Generator, prompts: Prompts, noise: torch.Tensor, repeats: int) -> float:
+    """Seconds for one image at batch size 1: one warm-up call, then the median of ``repeats`` calls."""
+    one = prompts.slice(0, 1)
+    gen(one, noise[:1])
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        gen(one, noise[:1])
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@dataclasses.dataclass
+class Scorer:
+    """The evaluator networks and the reference set's features."""
+    features: callable            # images -> (N, D) FID / precision-recall features
+    image_emb: callable           # images -> (N, E) CLIP-space image embeddings
+    classify: callable | None     # images -> (N,) predicted labels, or None without labels
+    ref_feats: torch.Tensor       # reference split's features
+    pr_k: int
+    pr_seed: int = 0
+
+    def __call__(self, images: torch.Tensor, prompts: Prompts) -> dict:
+        fake = M.extract(self.features, images)
+        g = torch.Generator().manual_seed(self.pr_seed)
+        ref_sub = self.ref_feats[torch.randperm(len(self.ref_feats), generator=g)[:len(fake)]]
+        precision, recall = M.precision_recall(ref_sub, fake, self.pr_k)
+        out = {"fid": M.fid_from_features(self.ref_feats, fake), "precision": precision, "recall": recall,
+               "clip_score": M.clip_score(M.extract(self.image_emb, images), prompts.text_emb)}
+        known = prompts.labels >= 0
+        if self.classify is not None and known.any():
+            pred = torch.cat([self.classify(images[i:i + 500]) for i in range(0, len(images), 500)])
+            out["prompt_accuracy"] = float((pred[known] == prompts.labels[known]).float().mean())
+        else:
+            out["prompt_accuracy"] = float("nan")
+        return out
+
+
+def choose_guidance(make_gen, candidates: list[float], prompts: Prompts, noise: torch.Tensor,
+                    score_fid, batch_size: int) -> tuple[float, dict[float, float]]:
+    """The candidate guidance scale with the lowest FID against the held-out split (ties: the smaller)."""
+    fids = {}
+    for w in candidates:
+        images, _ = generate(make_gen(w), prompts, noise, batch_size)
+        fids[w] = score_fid(images)
+    best = min(sorted(fids), key=lambda w: fids[w])
+    return best, fids
+
+
+def check_targets(rows: list[dict]) -> dict:
+    """The evaluation issue's targets, computed from the table (value, bar, met)."""
+    def row(model, sampler=None, steps=None):
+        return [r for r in rows if r["model"] == model and (sampler is None or r["sampler"] == sampler)
+                and (steps is None or r["steps"] == steps)]
+
+    def best(model, steps):
+        cands = row(model, steps=steps)
+        return min(cands, key=lambda r: r["fid"]) if cands else None
+
+    s1, s4 = best("student", 1), best("student", 4)
+    t1, t4, t8, t50 = best("teacher", 1), best("teacher", 4), best("teacher", 8), best("teacher", 50)
+    out = {}
+    if s1 and t4:
+        out["student1_fid_below_teacher4_best"] = {"value": s1["fid"], "bar": t4["fid"], "met": s1["fid"] < t4["fid"]}
+    if s1 and t1:
+        out["student1_fid_at_most_quarter_teacher1"] = {"value": s1["fid"], "bar": 0.25 * t1["fid"],
+                                                        "met": s1["fid"] <= 0.25 * t1["fid"]}
+    if s1 and t8:
+        out["student1_fid_below_teacher8_best (stretch)"] = {"value": s1["fid"], "bar": t8["fid"],
+                                                             "met": s1["fid"] < t8["fid"]}
+    if s1 and t50:
+        out["student1_recall_at_least_0.7_teacher50"] = {"value": s1["recall"], "bar": 0.7 * t50["recall"],
+                                                         "met": s1["recall"] >= 0.7 * t50["recall"]}
+        out["student1_prompt_accuracy_within_2pts_teacher50"] = {
+            "value": s1["prompt_accuracy"], "bar": t50["prompt_accuracy"] - 0.02,
+            "met": s1["prompt_accuracy"] >= t50["prompt_accuracy"] - 0.02}
+        out["student1_clip_score_within_1pt_teacher50"] = {
+            "value": s1["clip_score"], "bar": t50["clip_score"] - 1.0,
+            "met": abs(s1["clip_score"] - t50["clip_score"]) <= 1.0 or s1["clip_score"] > t50["clip_score"]}
+        if s1["images_per_second"] and t50["images_per_second"]:
+            r = s1["images_per_second"] / t50["images_per_second"]
+            out["speedup_large_batch_at_least_40x"] = {"value": r, "bar": 40.0, "met": r >= 40}
+        r = t50["seconds_per_image"] / s1["seconds_per_image"]
+        out["speedup_batch1_at_least_25x"] = {"value": r, "bar": 25.0, "met": r >= 25}
+    if s1 and s4:
+        out["student4_fid_at_most_student1"] = {"value": s4["fid"], "bar": s1["fid"], "met": s4["fid"] <= s1["fid"]}
+    return out
+
+
+def markdown_table(rows: list[dict]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return "n/a" if v != v else (f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}")
+        return str(v)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
