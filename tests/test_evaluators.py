@@ -1,0 +1,148 @@
+"""The evaluation's networks: the CLIP loss by hand, training + resume of the classifier and image tower,
+zero-shot readout, and the loaders of the standard networks (clean-fid Inception, transformers CLIP) on
+stand-ins built here with the same file formats."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from addlib import evaluators as E
+
+
+def test_clip_loss_with_distinct_captions_is_clips_symmetric_cross_entropy():
+    g = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    scale = torch.tensor(math.log(10.0))
+    logits = 10.0 * img @ txt.t()
+    expected = 0.5 * (F.cross_entropy(logits, torch.arange(5)) + F.cross_entropy(logits.t(), torch.arange(5)))
+    assert E.clip_loss(img, txt, torch.arange(5), scale).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_clip_loss_duplicate_captions_are_shared_positives_by_hand():
+    # Two images with the same caption (text rows identical) and one with another caption; scale 1.
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    txt = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    ids = torch.tensor([7, 7, 3])
+    # logits = img @ txt.T: row0 [1,1,0], row1 [0,0,1], row2 [1,1,0]; targets rows 0,1: [.5,.5,0], row 2 [0,0,1]
+    ls = lambda row: [v - math.log(sum(math.exp(u) for u in row)) for v in row]  # noqa: E731
+    r0, r1, r2 = ls([1, 1, 0]), ls([0, 0, 1]), ls([1, 1, 0])
+    i2t = (-(0.5 * r0[0] + 0.5 * r0[1]) - (0.5 * r1[0] + 0.5 * r1[1]) - r2[2]) / 3
+    c0, c1, c2 = ls([1, 0, 1]), ls([1, 0, 1]), ls([0, 1, 0])  # columns of the logits
+    t2i = (-(0.5 * c0[0] + 0.5 * c0[1]) - (0.5 * c1[0] + 0.5 * c1[1]) - c2[2]) / 3
+    assert E.clip_loss(img, txt, ids, torch.tensor(0.0)).item() == pytest.approx(0.5 * (i2t + t2i), rel=1e-6)
+
+
+def _data(n=24):
+    g = torch.Generator().manual_seed(0)
+    pattern = torch.randn(3, 1, 8, 8, generator=g).clamp(-1, 1)
+    y = torch.arange(n) % 3
+    return pattern[y], y
+
+
+@pytest.mark.parametrize("kind", ["classifier", "clip"])
+def test_two_steps_then_resume_equals_uninterrupted_and_loads_back(tmp_path, smoke_params, kind):
+    cfg = smoke_params.evaluators.classifier if kind == "classifier" else smoke_params.evaluators.clip
+    x, y = _data()
+    text = torch.randn(3, 16, generator=torch.Generator().manual_seed(1)) if kind == "clip" else None
+    run = lambda out, ck, **kw: E.train_evaluator(kind, cfg, 0, x, y, text, out, ck, progress=False, **kw)  # noqa: E731
+    full = run(tmp_path / "a", tmp_path / "ck_a")
+    run(tmp_path / "b", tmp_path / "ck_b", max_steps=2)
+    assert not (tmp_path / "b" / f"{kind}.safetensors").exists()  # unfinished run saves no weights
+    resumed = run(tmp_path / "b", tmp_path / "ck_b")
+    assert [r["loss"] for r in resumed["history"]] == pytest.approx([r["loss"] for r in full["history"]])
+    for p, q in zip(full["model"].state_dict().values(), resumed["model"].state_dict().values()):
+        assert torch.equal(p, q)
+    out_dim = 3 if kind == "classifier" else 16
+    loaded = E.load_evaluator(kind, cfg, 1, out_dim, tmp_path / "a")
+    assert not loaded.training
+    assert torch.allclose(loaded(x[:4]), full["model"].eval()(x[:4]))
+
+
+def test_classifier_learns_three_patterns(smoke_params, tmp_path):
+    cfg = smoke_params.evaluators.classifier
+    cfg.steps, cfg.lr, cfg.checkpoint_every = 40, 1e-2, 100
+    x, y = _data()
+    m = E.train_evaluator("classifier", cfg, 0, x, y, None, tmp_path, tmp_path / "ck", progress=False)["model"]
+    assert float((m(x).argmax(1) == y).float().mean()) == 1.0
+
+
+def test_zero_shot_accuracy_reads_the_nearest_class_text():
+    class Fixed(nn.Module):  # stands in for the tower: returns the first two pixels as the embedding
+        def forward(self, x):
+            return F.normalize(x.flatten(1)[:, :2], dim=-1)
+
+    x = torch.tensor([[1.0, 0.1], [0.1, 1.0], [0.9, 0.0]]).view(3, 1, 1, 2)
+    class_text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert E.zero_shot_accuracy(Fixed(), x, torch.tensor([0, 1, 0]), class_text) == 1.0
+    assert E.zero_shot_accuracy(Fixed(), x, torch.tensor([1, 1, 0]), class_text) == pytest.approx(2 / 3)
+
+
+class _FakeInceptionLayers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv2d(3, 2048, 1)
+
+    def forward(self, x):
+        return self.proj(x).mean((2, 3), keepdim=True)
+
+
+class _FakeInception(nn.Module):
+    """clean-fid's torchscript file has a ``layers`` module that maps normalised 299x299 RGB to 2048-d."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = _FakeInceptionLayers()
+
+    def forward(self, x, return_features: bool = False):
+        return self.layers(x)
+
+
+def test_inception_features_load_clean_fids_file_format(tmp_path):
+    torch.manual_seed(0)
+    net = torch.jit.script(_FakeInception())
+    net.save(str(tmp_path / "inception-2015-12-05.pt"))
+    fn = E.inception_features(tmp_path)
+    black = -torch.ones(2, 1, 16, 16)  # grey, [-1, 1] -> RGB pixels 0 -> clean-fid's (x - 128) / 128 = -1
+    feats = fn(black)
+    w, b = net.layers.proj.weight.view(2048, 3), net.layers.proj.bias
+    assert feats.shape == (2, 2048)
+    assert torch.allclose(feats[0], -w.sum(1) + b, atol=1e-4)
+    with pytest.raises(FileNotFoundError):
+        E.inception_features(tmp_path / "missing")
+
+
+def _tiny_clip_folder(path):
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    path.mkdir()
+    (path / "vocab.json").write_text(__import__("json").dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt")).save_pretrained(str(path))
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=32, bos_token_id=0,
+                                      eos_token_id=1, pad_token_id=1),
+                     vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, image_size=16, patch_size=8),
+                     projection_dim=8)
+    torch.manual_seed(0)
+    CLIPModel(cfg).save_pretrained(str(path))
+
+
+def test_real_clip_towers_load_from_a_local_transformers_folder(tmp_path):
+    from addlib.metrics import clip_score
+
+    _tiny_clip_folder(tmp_path / "clip")
+    image_fn, text_fn = E.clip_model_towers(tmp_path / "clip")
+    img = image_fn(torch.zeros(3, 1, 16, 16))
+    txt = text_fn(["a digit 3", "seven", "the number 1"])
+    assert img.shape == (3, 8) and txt.shape == (3, 8)
+    cos = F.cosine_similarity(img, txt, dim=-1)
+    assert clip_score(img, txt) == pytest.approx(float((100 * cos.clamp_min(0)).mean()), rel=1e-5)
