@@ -1,6 +1,8 @@
-"""End to end: `dvc repro` of the smoke profile in a temporary copy of the repository runs `prepare` and
-`teacher` through papermill and writes the expected files; a second `dvc repro` has nothing to do."""
+"""End to end: `dvc repro` of the smoke profile in a temporary copy of the repository runs every stage
+through papermill and writes the expected files and metrics; a second `dvc repro` has nothing to do."""
+import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -8,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 BIN = Path(sys.executable).parent
 
@@ -41,7 +44,7 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     _sh(git + ["commit", "-qm", "smoke"], repo, env)
 
     r = _sh([str(BIN / "dvc"), "repro"], repo, env)
-    for stage in ["prepare", "teacher", "features", "add"]:
+    for stage in ["prepare", "teacher", "features", "add", "evaluators", "evaluate"]:
         assert f"Running stage '{stage}'" in r.stdout, stage
 
     card = json.loads((repo / "reports/data/card.json").read_text())
@@ -81,8 +84,39 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert len(list((repo / "reports/add/progress").glob("step_*.png"))) == 1  # sample_every: 2 of 3 steps
 
     lock = (repo / "dvc.lock").read_text()
-    assert all(f"{s}:" in lock for s in ["prepare", "teacher", "features", "add"])
+    assert all(f"{s}:" in lock for s in ["prepare", "teacher", "features", "add", "evaluators", "evaluate"])
     r = _sh([str(BIN / "dvc"), "repro"], repo, env)
     assert "Running stage" not in r.stdout
     r = _sh([str(BIN / "dvc"), "status"], repo, env)
     assert "up to date" in r.stdout
+
+    # evaluators: both networks trained and read out
+    ev = json.loads((repo / "reports/evaluators/metrics.json").read_text())
+    assert ev["classifier"]["steps"] == 3 and 0 <= ev["classifier"]["holdout_accuracy"] <= 1
+    assert ev["clip"]["steps"] == 3 and 0 <= ev["clip"]["holdout_zero_shot_accuracy"] <= 1
+    for f in ["models/evaluators/classifier.safetensors", "models/evaluators/clip.safetensors"]:
+        assert (repo / f).is_file(), f
+    # evaluate: every row of the comparison, every column, finite metrics, targets computed
+    from addlib.evaluation import COLUMNS
+    with open(repo / "reports/tables/comparison.csv") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == COLUMNS
+        rows = list(reader)
+    smoke = yaml.safe_load((root / "profiles/smoke.yaml").read_text())["evaluate"]
+    expected = [("teacher", s, k) for s in ["ddim", "dpmsolver++"] for k in smoke["teacher_steps"]] + \
+               [("student", "add", k) for k in smoke["student_steps"]]
+    assert [(r["model"], r["sampler"], int(r["steps"])) for r in rows] == expected
+    for r in rows:
+        for c in ["nfe", "guidance", "seconds_per_image", "images_per_second", "fid", "precision", "recall",
+                  "clip_score", "prompt_accuracy"]:
+            assert math.isfinite(float(r[c])), (r, c)
+        assert float(r["guidance"]) in smoke["guidance_candidates"]
+    ev = json.loads((repo / "reports/metrics/evaluate.json").read_text())
+    assert ev["num_samples"] == smoke["num_samples"] and ev["fid_floor_split_halves"] >= 0
+    assert "student1_fid_below_teacher4_best" in ev["targets"] and ev["targets_total"] == len(ev["targets"])
+    assert set(ev["student_fid_over_seeds"]) == {f"student/add/{k}" for k in smoke["student_steps"]}
+    md = (repo / "reports/tables/comparison.md").read_text()
+    assert md.count("\n") == len(expected) + 2
+    for f in ["reports/evaluate/fid_vs_nfe.png", "reports/evaluate/quality_vs_time.png", "reports/evaluate/figure4.png",
+              "reports/executed/evaluate.ipynb", "reports/executed/evaluators.ipynb"]:
+        assert (repo / f).is_file(), f
