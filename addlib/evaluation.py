@@ -72,6 +72,7 @@ class Generator:
     schedule: NoiseSchedule
     empty: tuple[torch.Tensor, torch.Tensor] | None = None   # teacher: the empty prompt's (states, mask)
     trained_timesteps: list[int] | None = None              # student: its training timesteps
+    space: torch.nn.Module | None = None                    # latent models: the VAE space (decodes)
 
     @property
     def nfe(self) -> int:
@@ -81,27 +82,42 @@ class Generator:
     def __call__(self, prompts: Prompts, noise: torch.Tensor, seed: int = 0) -> torch.Tensor:
         if self.model == "teacher":
             return sample_teacher(self.unet, self.schedule, prompts.states, prompts.mask, self.empty, noise,
-                                  self.sampler, self.steps, self.guidance, batch_size=len(noise))
+                                  self.sampler, self.steps, self.guidance, batch_size=len(noise), space=self.space)
         ts = student_timesteps(self.steps, self.trained_timesteps, self.schedule.T)
         return sample_student(self.unet, self.schedule, prompts.states, prompts.mask, noise, ts, seed=seed,
-                              batch_size=len(noise))
+                              batch_size=len(noise), space=self.space)
 
 
 def generate(gen: Generator, prompts: Prompts, noise: torch.Tensor, batch_size: int, seed: int = 0,
-             progress: bool = False) -> tuple[torch.Tensor, float | None]:
+             progress: bool = False, accelerator=None) -> tuple[torch.Tensor, float | None]:
     """All samples in batches; returns them and the large-batch throughput (images/s: median over the
-    full-size batches after the first, which is the warm-up; None when there is no such batch)."""
+    full-size batches after the first, which is the warm-up; None when there is no such batch).
+
+    With an ``accelerator`` of several processes, process k samples batches k, k + n, k + 2n, ... and every
+    process gets all images back in order; batch b always uses seed (seed, b), so the images are the same
+    whatever the number of processes. Throughput is then per process."""
     from tqdm import tqdm
 
-    out, rates = [], []
-    for b, i in enumerate(tqdm(range(0, len(noise), batch_size), disable=not progress,
-                               desc=f"{gen.model} {gen.sampler} {gen.steps}", leave=False)):
+    starts = list(range(0, len(noise), batch_size))
+    n_proc = 1 if accelerator is None else accelerator.num_processes
+    mine = starts if n_proc == 1 else starts[accelerator.process_index::n_proc]
+    out, rates = {}, []
+    for k, i in enumerate(tqdm(mine, disable=not progress, desc=f"{gen.model} {gen.sampler} {gen.steps}",
+                               leave=False)):
+        b = i // batch_size
         p = prompts.slice(i, i + batch_size)
         t0 = time.perf_counter()
-        out.append(gen(p, noise[i:i + batch_size], seed=seed * 100_003 + b))
-        if b > 0 and len(p) == batch_size:
+        out[b] = gen(p, noise[i:i + batch_size], seed=seed * 100_003 + b)
+        if k > 0 and len(p) == batch_size:
             rates.append(len(p) / (time.perf_counter() - t0))
-    return torch.cat(out), (statistics.median(rates) if rates else None)
+    if n_proc > 1:
+        from accelerate.utils import gather_object
+
+        merged: dict = {}
+        for part in gather_object([out]):
+            merged.update(part)
+        out = merged
+    return torch.cat([out[b] for b in sorted(out)]), (statistics.median(rates) if rates else None)
 
 
 def seconds_per_image_batch1(gen: Generator, prompts: Prompts, noise: torch.Tensor, repeats: int) -> float:

@@ -22,12 +22,13 @@ from typing import Callable, Sequence
 import torch
 
 
-def v_prediction_loss(v_hat: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean squared error ||v_hat - v||^2 / dim: the v-prediction objective (Salimans & Ho 2022).
+def prediction_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared error ||out - target||^2 / dim: the diffusion objective for the network's
+    parameterisation (v-prediction, Salimans & Ho 2022, or epsilon-prediction, Ho et al. 2020).
 
-    Its minimiser is E[v | x_t, c], from which x0 = alpha x_t - sigma v (see diffusion.py).
+    Its minimiser is E[target | x_t, c], from which x0 follows (see diffusion.py).
     """
-    return (v_hat.float() - v.float()).pow(2).flatten(1).mean(1)
+    return (out.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
 # --------------------------------------------------------------------------------------------------

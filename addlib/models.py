@@ -74,4 +74,4 @@ class EMA:
         missing = set(self.shadow) ^ set(state)
         if missing:
             raise ValueError(f"EMA state does not match the model ({len(missing)} keys differ)")
-        self.shadow = {k: v.float().clone() for k, v in state.items()}
+        self.shadow = {k: v.float().to(self.shadow[k].device).clone() for k, v in state.items()}

@@ -34,10 +34,11 @@ def guided_v(unet, x: torch.Tensor, t: torch.Tensor, cond, uncond, w: float) -> 
 def sample_teacher(unet, schedule: NoiseSchedule, states: torch.Tensor, mask: torch.Tensor,
                    empty: tuple[torch.Tensor, torch.Tensor], noise: torch.Tensor, sampler: str = "ddim",
                    steps: int = 50, guidance_scale: float = 1.0, batch_size: int = 256,
-                   progress: bool = False) -> torch.Tensor:
+                   progress: bool = False, space=None) -> torch.Tensor:
     """Solve the teacher's reverse process from ``noise`` at t = T-1 (pure noise) to x0 in [-1, 1].
 
     states/mask: (N, L, D)/(N, L) text states per sample; empty: (states, mask) of the empty prompt, (1, L, D).
+    ``space``: a latent.VAESpace for latent teachers (noise is then latent-shaped; images are decoded).
     """
     from tqdm import tqdm
 
@@ -56,8 +57,14 @@ def sample_teacher(unet, schedule: NoiseSchedule, states: torch.Tensor, mask: to
             tt = t.expand(n).to(device)
             v = guided_v(unet, scheduler.scale_model_input(x, t), tt, cond, uncond, guidance_scale)
             x = scheduler.step(v, t, x).prev_sample
-        out.append(x.float().clamp(-1, 1).cpu())
+        out.append(decode(space, x))
     return torch.cat(out)
+
+
+def decode(space, z: torch.Tensor) -> torch.Tensor:
+    """The UNet's output space -> images in [-1, 1] on the CPU (identity for pixel-space models)."""
+    x = z if space is None else space.decode(z)
+    return x.float().clamp(-1, 1).cpu()
 
 
 def trailing_timesteps(steps: int, T: int = 1000) -> list[int]:
@@ -75,7 +82,7 @@ def student_timesteps(steps: int, trained: list[int], T: int = 1000) -> list[int
 @torch.no_grad()
 def sample_student(unet, schedule: NoiseSchedule, states: torch.Tensor, mask: torch.Tensor,
                    noise: torch.Tensor, timesteps: list[int], seed: int = 0,
-                   batch_size: int = 256) -> torch.Tensor:
+                   batch_size: int = 256, space=None) -> torch.Tensor:
     """ADD's few-step sampler (section 3, "Sampling"): start from pure noise at timesteps[0]; at each
     student timestep predict x0 = alpha x - sigma v; then re-noise that prediction with fresh noise to the
     next timestep and predict again. No guidance: one network evaluation per step."""
@@ -90,12 +97,12 @@ def sample_student(unet, schedule: NoiseSchedule, states: torch.Tensor, mask: to
         for k, tau in enumerate(timesteps):
             t = torch.full((n,), tau, device=device, dtype=torch.long)
             v = unet(x, t, encoder_hidden_states=cond[0], encoder_attention_mask=cond[1]).sample
-            x0 = schedule.x0_from_v(x, v, t)
+            x0 = schedule.x0_from_output(x, v, t)
             if k + 1 < len(timesteps):
                 t_next = torch.full((n,), timesteps[k + 1], device=device, dtype=torch.long)
                 eps = torch.randn(x0.shape, generator=g).to(device, dtype)
                 x = schedule.add_noise(x0, eps, t_next)
-        out.append(x0.float().clamp(-1, 1).cpu())
+        out.append(decode(space, x0))
     return torch.cat(out)
 
 
@@ -106,9 +113,10 @@ class ADDSampler:
     timesteps); returns images in [-1, 1], shape (len(prompts), C, H, W).
     """
 
-    def __init__(self, unet, schedule: NoiseSchedule, encoder, student_timesteps: list[int]):
+    def __init__(self, unet, schedule: NoiseSchedule, encoder, student_timesteps: list[int], space=None):
         self.unet, self.schedule, self.encoder = unet.eval(), schedule, encoder
         self.student_timesteps = list(student_timesteps)
+        self.space = space
 
     @classmethod
     def from_pretrained(cls, path, device: str = "cpu") -> "ADDSampler":
@@ -124,7 +132,14 @@ class ADDSampler:
         schedule = NoiseSchedule(C.from_dict(C.ScheduleConfig, resolved["teacher"]["schedule"], "schedule"))
         text = C.from_dict(C.TextEncoderConfig, resolved["text_encoder"], "text_encoder")
         unet = UNet2DConditionModel.from_pretrained(path).to(device)
-        return cls(unet, schedule, TextEncoder(text.path, text.max_length), resolved["add"]["student_timesteps"])
+        space = None
+        if resolved["teacher"].get("pretrained"):  # a latent teacher: decode with its VAE
+            from diffusers import AutoencoderKL
+
+            from .latent import VAESpace
+
+            space = VAESpace(AutoencoderKL.from_pretrained(Path(resolved["teacher"]["pretrained"]) / "vae")).to(device)
+        return cls(unet, schedule, TextEncoder.from_config(text), resolved["add"]["student_timesteps"], space)
 
     def timesteps(self, steps: int) -> list[int]:
         return student_timesteps(steps, self.student_timesteps, self.schedule.T)
@@ -133,7 +148,13 @@ class ADDSampler:
     def __call__(self, prompts: str | list[str], steps: int = 1, seed: int = 0) -> torch.Tensor:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         states, mask, _ = self.encoder(prompts)
-        c = self.unet.config
-        size = c.sample_size if isinstance(c.sample_size, (tuple, list)) else (c.sample_size, c.sample_size)
-        noise = initial_noise(len(prompts), (c.in_channels, *size), seed)
-        return sample_student(self.unet, self.schedule, states, mask, noise, self.timesteps(steps), seed=seed)
+        noise = initial_noise(len(prompts), unet_input_shape(self.unet), seed)
+        return sample_student(self.unet, self.schedule, states, mask, noise, self.timesteps(steps), seed=seed,
+                              space=self.space)
+
+
+def unet_input_shape(unet) -> tuple[int, int, int]:
+    """(C, H, W) of the UNet's input (latent-shaped for latent models)."""
+    c = unet.config
+    size = c.sample_size if isinstance(c.sample_size, (tuple, list)) else (c.sample_size, c.sample_size)
+    return (c.in_channels, *size)

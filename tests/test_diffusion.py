@@ -8,7 +8,8 @@ from addlib.diffusion import NoiseSchedule, base_betas, rescale_zero_terminal_sn
 
 def _sched(kind="linear"):
     return config.from_dict(config.ScheduleConfig, dict(num_train_timesteps=1000, beta_schedule=kind,
-                                                        beta_start=1e-4, beta_end=0.02), "schedule")
+                                                        beta_start=1e-4, beta_end=0.02,
+                      prediction_type="v_prediction", rescale_zero_terminal_snr=True), "schedule")
 
 
 @pytest.mark.parametrize("kind", ["linear", "scaled_linear", "squaredcos_cap_v2"])
@@ -68,3 +69,34 @@ def test_diffusers_scheduler_uses_the_same_schedule():
         torch.testing.assert_close(sch.alphas_cumprod[:-1].double(), s.alphas_cumprod[:-1], atol=2e-6, rtol=0)
         sch.set_timesteps(4)
         assert [int(t) for t in sch.timesteps] == [999, 749, 499, 249]  # trailing: the first step is pure noise
+
+
+def test_epsilon_parameterisation_on_the_original_schedule():
+    """SD 1.5-class teachers: epsilon-prediction on the unrescaled scaled-linear schedule, against the
+    closed form and diffusers' own schedule."""
+    from diffusers import DDPMScheduler
+
+    cfg = config.from_dict(config.ScheduleConfig, dict(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                                                       beta_start=0.00085, beta_end=0.012,
+                                                       prediction_type="epsilon",
+                                                       rescale_zero_terminal_snr=False), "schedule")
+    s = NoiseSchedule(cfg)
+    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                        beta_end=0.012).alphas_cumprod.double()
+    torch.testing.assert_close(s.alphas_cumprod, ref, atol=1e-6, rtol=0)
+    assert s.alphas_cumprod[-1] > 0  # not pure noise: x0 stays recoverable from epsilon
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(8, 4, 3, 3, generator=g), torch.randn(8, 4, 3, 3, generator=g)
+    t = torch.tensor([0, 1, 100, 500, 800, 900, 990, 999])
+    x_t = s.add_noise(x0, eps, t)
+    torch.testing.assert_close(s.target(x0, eps, t), eps)
+    torch.testing.assert_close(s.eps_from_output(x_t, eps, t), eps)
+    torch.testing.assert_close(s.x0_from_output(x_t, eps, t), x0, atol=2e-4, rtol=0)
+    assert s.diffusers_scheduler("ddim").config.prediction_type == "epsilon"
+
+
+def test_epsilon_at_zero_terminal_snr_is_a_config_error():
+    with pytest.raises(config.ConfigError, match="epsilon-prediction"):
+        config.from_dict(config.ScheduleConfig, dict(num_train_timesteps=1000, beta_schedule="linear",
+                                                     beta_start=1e-4, beta_end=0.02, prediction_type="epsilon",
+                                                     rescale_zero_terminal_snr=True), "schedule")

@@ -115,17 +115,11 @@ def test_inception_features_load_clean_fids_file_format(tmp_path):
 
 
 def _tiny_clip_folder(path):
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPModel
 
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in chars:
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    path.mkdir()
-    (path / "vocab.json").write_text(__import__("json").dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt")).save_pretrained(str(path))
+    from tiny_models import clip_tokenizer
+
+    vocab = clip_tokenizer(path).get_vocab()
     cfg = CLIPConfig(text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                       num_attention_heads=2, max_position_embeddings=32, bos_token_id=0,
                                       eos_token_id=1, pad_token_id=1),

@@ -1,0 +1,135 @@
+"""Where the teacher lives: pixel space (the embedded default, trained by the ``teacher`` stage) or the latent
+space of a pretrained text-to-image checkpoint (Stable Diffusion class), given as a local diffusers folder.
+
+A :class:`Teacher` bundles what ADD needs from it: the frozen UNet (the student starts as a copy), the noise
+schedule it was trained with, and the *space* its UNet works in. A space maps pixels in [-1, 1] to the UNet's
+input and back:
+
+- :class:`PixelSpace`: the identity (the embedded default; nothing changes there).
+- :class:`VAESpace`: a frozen ``AutoencoderKL``; ``encode`` takes the posterior mean (deterministic, so a
+  resumed or multi-process run draws nothing extra) times the VAE's scaling factor, ``decode`` inverts that
+  and runs the decoder. ADD (section 3.3, latent models) decodes the student's and the teacher's x0 to pixels
+  for the distillation loss and shows the discriminator decoded pixels; gradients of both losses flow through
+  the decoder into the student. The decoder dominates the memory of that backward pass at 512 px (README).
+
+A pretrained folder is ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/`` and ``scheduler/`` as
+``save_pretrained`` writes them (SD 1.5 / 2.1 layout). Its scheduler config must agree with
+``teacher.schedule`` in params.yaml (one config path: params are the truth, the checkpoint is checked against
+them, and a mismatch is a one-line error naming the key).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, ScheduleConfig, TeacherConfig
+from .diffusion import NoiseSchedule
+
+PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class PixelSpace(torch.nn.Module):
+    """The identity: the UNet works on pixels."""
+
+    latent = False
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def latent_shape(self, pixel_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(pixel_shape)
+
+
+class VAESpace(torch.nn.Module):
+    """A frozen AutoencoderKL between pixels (C, H, W) in [-1, 1] and latents (c, H/f, W/f)."""
+
+    latent = True
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+        c = vae.config
+        self.scaling = float(c.scaling_factor)
+        self.shift = float(getattr(c, "shift_factor", None) or 0.0)
+        self.factor = 2 ** (len(c.block_out_channels) - 1)
+        self.channels = int(c.latent_channels)
+
+    def train(self, mode: bool = True):  # frozen: always eval
+        return super().train(False)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.vae.parameters()).dtype
+        mean = self.vae.encode(x.to(dtype)).latent_dist.mean
+        return ((mean - self.shift) * self.scaling).float()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.vae.parameters()).dtype
+        return self.vae.decode((z / self.scaling + self.shift).to(dtype)).sample
+
+    def latent_shape(self, pixel_shape: tuple[int, ...]) -> tuple[int, ...]:
+        _, h, w = pixel_shape
+        if h % self.factor or w % self.factor:
+            raise ConfigError(f"data.resolution: {h}x{w} is not divisible by the VAE's factor {self.factor}")
+        return (self.channels, h // self.factor, w // self.factor)
+
+
+@dataclasses.dataclass
+class Teacher:
+    """The frozen teacher: its UNet, its noise schedule and the space its UNet works in."""
+    unet: torch.nn.Module
+    schedule: NoiseSchedule
+    space: torch.nn.Module
+    source: str                      # 'trained' or the pretrained folder
+
+
+def check_pipeline_folder(folder: Path, where: str = "teacher.pretrained") -> None:
+    if not folder.is_dir():
+        raise ConfigError(f"{where}: folder not found: {folder}")
+    missing = [p for p in PIPELINE_PARTS if not (folder / p).is_dir()]
+    if missing:
+        raise ConfigError(f"{where}: {folder} is not a diffusers text-to-image folder (missing {', '.join(m + '/' for m in missing)})")
+
+
+def check_schedule(cfg: ScheduleConfig, folder: Path, where: str = "teacher.schedule") -> None:
+    """params.yaml's schedule must be the one the checkpoint was trained with (rescaling aside: zero terminal
+    SNR is ADD's choice for the student, Lin et al. fine-tune v-prediction models onto it)."""
+    sc = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    theirs = {"num_train_timesteps": sc.get("num_train_timesteps", 1000), "beta_schedule": sc.get("beta_schedule"),
+              "beta_start": sc.get("beta_start"), "beta_end": sc.get("beta_end"),
+              "prediction_type": sc.get("prediction_type", "epsilon")}
+    for key, value in theirs.items():
+        ours = getattr(cfg, key)
+        same = abs(ours - value) <= 1e-9 * max(1.0, abs(value)) if isinstance(ours, float) else ours == value
+        if not same:
+            raise ConfigError(f"{where}.{key}: params say {ours!r}, the checkpoint's scheduler says {value!r}")
+
+
+def load_pretrained(cfg: TeacherConfig, folder: str | Path) -> Teacher:
+    """A local diffusers text-to-image folder -> Teacher (UNet, schedule from params checked against the
+    checkpoint, VAE space)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    folder = Path(folder)
+    check_pipeline_folder(folder)
+    check_schedule(cfg.schedule, folder)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    vae = AutoencoderKL.from_pretrained(folder / "vae")
+    return Teacher(unet, NoiseSchedule(cfg.schedule), VAESpace(vae), str(folder))
+
+
+def load_teacher(cfg: TeacherConfig, model_dir: str | Path) -> Teacher:
+    """The teacher of a run: the pretrained folder named in params, or the UNet the ``teacher`` stage trained
+    (saved in ``model_dir``)."""
+    if cfg.pretrained:
+        return load_pretrained(cfg, cfg.pretrained)
+    from diffusers import UNet2DConditionModel
+
+    return Teacher(UNet2DConditionModel.from_pretrained(model_dir), NoiseSchedule(cfg.schedule), PixelSpace(),
+                   "trained")

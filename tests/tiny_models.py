@@ -1,0 +1,53 @@
+"""Tiny random stand-ins for real pretrained components, written in the same file formats (tokenizer files,
+transformers and diffusers folders), so the code paths that load a user's checkpoints are tested offline."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def clip_tokenizer(path: Path):
+    """A CLIP BPE tokenizer over single characters (no merges), saved to ``path``; returns it."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
+    tok.save_pretrained(str(path))
+    return tok
+
+
+SD_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                   prediction_type="v_prediction")
+
+
+def sd_folder(path: Path, seed: int = 0) -> Path:
+    """A Stable-Diffusion-layout text-to-image folder (SD 2.1-v-like: v-prediction, scaled-linear betas) with
+    tiny random parts: a UNet2DConditionModel on 4x8x8 latents, an AutoencoderKL (16x16 RGB <-> 4x8x8), a
+    CLIP text model and tokenizer, and a scheduler config."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tok = clip_tokenizer(path / "tokenizer")
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
+                                 pad_token_id=1)).save_pretrained(str(path / "text_encoder"))
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+                         cross_attention_dim=16, attention_head_dim=8, norm_num_groups=4
+                         ).save_pretrained(str(path / "unet"))
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                  norm_num_groups=4, layers_per_block=1, sample_size=16, scaling_factor=0.5
+                  ).save_pretrained(str(path / "vae"))
+    DDIMScheduler(**SD_SCHEDULE).save_pretrained(str(path / "scheduler"))
+    return path
