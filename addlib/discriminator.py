@@ -133,7 +133,7 @@ class FeatureNetwork(nn.Module):
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != self.img_size:
-            x = F.interpolate(x, size=self.img_size, mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x.float(), size=self.img_size, mode="bilinear", align_corners=False, antialias=True)
         if x.shape[1] != self.in_chans:
             x = x.expand(-1, self.in_chans, -1, -1) if x.shape[1] == 1 else x.mean(1, keepdim=True)
         return ((x + 1) / 2 - self.mean) / self.std

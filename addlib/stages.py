@@ -100,6 +100,10 @@ def run_teacher(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig
         teacher = load_teacher(cfg, model_dir)
         summary = {"pretrained": cfg.pretrained, "parameters": count_parameters(teacher.unet)}
         plots.note_figure(out / "loss.png", f"The teacher was not trained here: {cfg.pretrained}")
+        # The stage's declared training log, empty: no steps were taken.
+        write_json(out / "live" / "metrics.json", {})
+        (out / "live" / "plots" / "metrics" / "train").mkdir(parents=True, exist_ok=True)
+        (out / "live" / "plots" / "metrics" / "train" / "loss.tsv").write_text("step\tloss\n")
     else:
         summary = train_teacher(cfg, seed, ds.subset(D.TRAIN), cache, model_dir, root / CHECKPOINTS / "teacher",
                                 live_dir=out / "live", progress=progress)

@@ -172,12 +172,13 @@ def set_threads(n: int) -> None:
 def run_loop(name: str, step_fn, *, steps: int, log_every: int, checkpoint_every: int, lr_factor,
              checkpointer: Checkpointer, modules: dict, optimizers: dict, emas: dict, accelerator,
              live_dir: str | Path | None = None, max_steps: int | None = None, progress: bool = True,
-             prepared: dict | None = None) -> dict:
+             prepared: dict | None = None, save: bool = True) -> dict:
     """Run ``step_fn(step) -> {metric: float}`` for steps [resume point, steps).
 
     ``modules``/``optimizers``/``emas`` are what a checkpoint holds (modules unwrapped); ``prepared`` maps
     names to the accelerate-prepared objects step_fn uses. Every optimizer's param groups are scaled by
     ``lr_factor(step)`` from their ``base_lr``. Metrics are averaged over each logging interval.
+    ``save=False`` writes no checkpoints (benchmarks).
     """
     from tqdm import tqdm
 
@@ -215,7 +216,7 @@ def run_loop(name: str, step_fn, *, steps: int, log_every: int, checkpoint_every
             logger.log(row)
             bar.set_postfix({k: f"{v:.4f}" for k, v in list(row.items())[1:3]})
             sums, n_since, t_log = {}, 0, now
-        if (done % checkpoint_every == 0 or done == end) and accelerator.is_main_process:
+        if save and (done % checkpoint_every == 0 or done == end) and accelerator.is_main_process:
             checkpointer.save(done, modules, optimizers, emas,
                               {"history": logger.history, "train_seconds": elapsed + time.perf_counter() - t_run})
         accelerator.wait_for_everyone()
@@ -388,13 +389,13 @@ def nfsd_target(teacher, schedule: NoiseSchedule, x_hat: torch.Tensor, x_t: torc
 def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discriminator, negative_row: int,
               out_dir: str | Path, checkpoint_dir: str | Path, live_dir: str | Path | None = None,
               grid_dir: str | Path | None = None, max_steps: int | None = None, progress: bool = True,
-              fingerprint_extra=None) -> dict:
+              fingerprint_extra=None, save: bool = True) -> dict:
     """ADD: train the student against the discriminator (hinge, R1) and the teacher (distillation).
 
     ``teacher``: a ``latent.Teacher`` (frozen UNet, its schedule, the space it works in; the student starts
     as a copy of its UNet unless student_init is 'random'); ``discriminator``: a Discriminator with a frozen
     feature network, which always sees pixels; ``negative_row``: the text cache row of NFSD's negative
-    prompt. Saves the student's EMA weights to ``out_dir``.
+    prompt. Saves the student's EMA weights to ``out_dir`` (``save=False``: no checkpoints, nothing saved).
 
     Processes and micro-batches: every random draw is made for the global batch and sliced (training.py's
     header), the student is DDP-wrapped by accelerate, D's heads' gradients are averaged explicitly, and each
@@ -406,6 +407,7 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
 
     from . import discriminator as disc
     from .config import fingerprint
+    from .latent import VAESpace
 
     tc, dc = cfg.train, cfg.discriminator
     # 1-2. Devices, precision, processes; images and caption rows.
@@ -426,6 +428,8 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
         student = student.float()  # trained weights stay float32 (a half-precision checkpoint is upcast)
     if tc.gradient_checkpointing:
         student.enable_gradient_checkpointing()
+        if isinstance(space, VAESpace):  # both losses backpropagate through the decoder: its activations too
+            space.vae.enable_gradient_checkpointing()
     teacher_unet = teacher.unet.eval().requires_grad_(False).to(dev)
     if wdtype != torch.float32:
         teacher_unet = teacher_unet.to(wdtype)
@@ -599,10 +603,10 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
                    lr_factor=lambda k: min(1.0, (k + 1) / max(1, tc.warmup_steps)), checkpointer=ckpt,
                    modules={"student": raw_student, "disc_heads": d_raw.heads},
                    optimizers={"opt_student": opt_g, "opt_disc": opt_d}, emas={"ema": ema},
-                   accelerator=accelerator, live_dir=live_dir, max_steps=max_steps, progress=progress)
+                   accelerator=accelerator, live_dir=live_dir, max_steps=max_steps, progress=progress, save=save)
     # 6. Save the student's EMA weights as a diffusers model.
     ema.copy_to(ema_model)
-    if accelerator.is_main_process and run["end"] == tc.steps:
+    if save and accelerator.is_main_process and run["end"] == tc.steps:
         ema_model.save_pretrained(out_dir, safe_serialization=True)
     return {"steps": run["end"], "resumed_from_step": run["start"], "train_seconds": run["train_seconds"],
             "images_per_second": run["end"] * tc.batch_size / run["train_seconds"],

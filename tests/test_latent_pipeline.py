@@ -1,0 +1,90 @@
+"""The pipeline's stages on a latent teacher, changed by params only: a tiny random SD-layout folder (teacher,
+VAE, CLIP text encoder) and a captioned RGB imagefolder, through prepare -> teacher -> features -> add ->
+evaluators -> evaluate, then the student samples pixels in one call. Also the GPU benchmark's CPU path."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from addlib import config as C
+from addlib import stages as S
+from tiny_models import SD_SCHEDULE, sd_folder
+
+
+@pytest.fixture()
+def latent_root(tmp_path, root):
+    sd = sd_folder(tmp_path / "sd")
+    img = tmp_path / "images"
+    img.mkdir()
+    rng = np.random.default_rng(0)
+    colours = [(220, 40, 40), (40, 40, 220), (40, 200, 40)]
+    words = ["red", "blue", "green"]
+    with open(img / "metadata.jsonl", "w") as f:
+        for i in range(30):
+            k = i % 3
+            arr = (np.array(colours[k])[None, None] * rng.uniform(0.6, 1.0, (16, 16, 1))).astype(np.uint8)
+            Image.fromarray(arr).save(img / f"{i}.png")
+            f.write(json.dumps({"file_name": f"{i}.png", "text": f"a {words[k]} square", "label": k}) + "\n")
+    profile = {
+        "data": {"source": "folder", "folder": str(img), "resolution": 16, "channels": 3},
+        "text_encoder": {"path": str(sd), "max_length": 12, "pooling": "eos", "attention_mask": False},
+        "teacher": {"pretrained": str(sd), "schedule": {**SD_SCHEDULE, "rescale_zero_terminal_snr": True},
+                    "sample": {"prompts": ["a red square", "a blue square"]}},
+        "features": {"img_size": 16, "patch_size": 4},
+        "add": {"sample_prompts": ["a red square", "a green square"]},
+    }
+    (tmp_path / "latent.yaml").write_text(yaml.safe_dump(profile))
+    raw = C.deep_merge(C.load_raw(root / "params.yaml", root / "profiles" / "smoke.yaml"), profile)
+    return tmp_path, C.parse(raw)
+
+
+def test_stages_run_on_a_latent_teacher_by_params_alone(latent_root):
+    r, p = latent_root
+    S.run_prepare(p.seed, p.data, p.text_encoder, r)
+    teacher = S.run_teacher(p.seed, p.data, p.text_encoder, p.teacher, r, progress=False)
+    assert teacher["pretrained"] == p.teacher.pretrained and teacher["parameters"] > 0
+    assert (r / "reports/teacher/samples.png").is_file()
+    assert (r / "reports/teacher/live/metrics.json").is_file()  # the outputs dvc.yaml declares exist
+    S.run_features(p.seed, p.data, p.features, r, progress=False)
+    add = S.run_add(p.seed, p.data, p.text_encoder, p.teacher, p.features, p.add, r, progress=False)
+    assert add["steps"] == p.add.train.steps and math.isfinite(add["final_loss_distill"])
+    S.run_evaluators(p.seed, p.data, p.text_encoder, p.evaluators, r, progress=False)
+    S.run_evaluate(p.seed, p.data, p.text_encoder, p.teacher, p.add, p.evaluators, p.evaluate, r, progress=False)
+    ev = json.loads((r / "reports/metrics/evaluate.json").read_text())
+    assert {f"student/add/{k}" for k in p.evaluate.student_steps} <= set(ev["rows"])
+    assert all(math.isfinite(row["fid"]) for row in ev["rows"].values())
+    from addlib.sampling import ADDSampler
+
+    x = ADDSampler.from_pretrained(r / "models/student")(["a red square"], steps=1, seed=0)
+    assert x.shape == (1, 3, 16, 16)
+
+
+def test_benchmark_runs_the_add_step_at_a_profiles_sizes(tmp_path, root):
+    arch = {"unet": {"sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+                     "block_out_channels": [8, 16], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "attention_head_dim": 8,
+                     "cross_attention_dim": 16, "norm_num_groups": 4},
+            "vae": {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1,
+                    "norm_num_groups": 4, "block_out_channels": [8, 16],
+                    "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2},
+            "text": {"tokens": 6, "width": 16}}
+    (tmp_path / "arch.json").write_text(json.dumps(arch))
+    profile = yaml.safe_load((root / "profiles/sd-gpu.yaml").read_text())
+    profile["data"]["resolution"] = 16
+    profile["features"].update(timm_name="vit_tiny_patch16_224", img_size=32)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(profile))
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "addlib.benchmark", "--params", str(root / "params.yaml"),
+                           "--profile", str(tmp_path / "p.yaml"), "--random", "--architecture",
+                           str(tmp_path / "arch.json"), "--batch-sizes", "2", "--steps", "3", "--out", str(out)],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    (row,) = res["rows"]
+    assert row["batch_size"] == 2 and row["mixed_precision"] == "bf16" and row["seconds_per_step"] > 0
+    assert all(math.isfinite(v) for v in row["losses"].values())
