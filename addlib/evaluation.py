@@ -56,8 +56,7 @@ def draw_prompts(captions: list[str], labels: torch.Tensor, text, n: int, seed: 
 
 def prompts_of(captions: list[str], labels: torch.Tensor, text) -> Prompts:
     """Prompts for exactly these captions (each must be in the text cache), in this order."""
-    row_of = {c: i for i, c in enumerate(text.captions)}
-    states, mask, pooled = text[torch.tensor([row_of[c] for c in captions])]
+    states, mask, pooled = text[text.rows(captions)]
     return Prompts(list(captions), states, mask, pooled, labels)
 
 

@@ -27,12 +27,13 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]], path: str | Path, row_lab
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     label_w = 2.6 if row_labels else 0.0
     cell_h = cell_inches + (0.3 if cell_labels else 0.0)
-    height = n_rows * cell_h + (0.4 if title else 0.1)
+    head = (0.4 if title else 0.05) + (0.25 if col_labels else 0.0)  # inches above the grid
+    height = n_rows * cell_h + head + 0.05
     fig = plt.figure(figsize=(label_w + n_cols * cell_inches, height))
     gs = fig.add_gridspec(n_rows, n_cols + (1 if row_labels else 0),
                           width_ratios=([label_w / cell_inches] if row_labels else []) + [1] * n_cols,
                           wspace=0.08, hspace=0.45 if cell_labels else 0.05,
-                          top=1 - (0.4 if title else 0.05) / height, bottom=0.02)
+                          top=1 - head / height, bottom=0.02)
     off = 1 if row_labels else 0
     for r, row in enumerate(rows):
         if row_labels:

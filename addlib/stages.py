@@ -215,7 +215,7 @@ def run_add(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, te
     disc = build_discriminator(feat_cfg, cfg.discriminator, ds.images.shape[1], cache.pooled.shape[1], root, seed)
     out, model_dir = root / REPORTS / "add", root / MODELS / "student"
     run = train_add(cfg, teacher, seed, ds.subset(D.TRAIN), cache, disc,
-                    cache.captions.index(cfg.nfsd_negative_prompt), model_dir, root / CHECKPOINTS / "add",
+                    int(cache.rows([cfg.nfsd_negative_prompt])[0]), model_dir, root / CHECKPOINTS / "add",
                     live_dir=out / "live", grid_dir=out / "progress", progress=progress,
                     fingerprint_extra=[C.to_dict(feat_cfg)])
     student, history = run.pop("student"), run.pop("history")
@@ -223,7 +223,7 @@ def run_add(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, te
                 "features": feat_cfg, "add": cfg}
     C.write_resolved(resolved, model_dir / "addlib_config.json", code_version=code_version(root))
     C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
-    rows = [cache.captions.index(p) for p in cfg.sample_prompts]
+    rows = cache.rows(cfg.sample_prompts).tolist()
     save_student_grid(student, teacher.schedule, cache, rows, cfg, [1, 2, 4],
                       out / "samples.png", "ADD student: 1, 2 and 4 steps, same noise per column", space=teacher.space)
     steps = [r["step"] for r in history]
@@ -240,8 +240,7 @@ def run_add(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, te
 def class_text_embeddings(train: D.Dataset, cache: TextCache) -> torch.Tensor:
     """One text embedding per class: the mean of the normalised pooled embeddings of the captions that
     class's training images carry (the zero-shot classifier of the image tower)."""
-    row_of = {c: i for i, c in enumerate(cache.captions)}
-    pooled = torch.nn.functional.normalize(cache.pooled[[row_of[c] for c in train.captions]].float(), dim=-1)
+    pooled = torch.nn.functional.normalize(cache.pooled[cache.rows(train.captions)].float(), dim=-1)
     return torch.stack([pooled[train.labels == k].mean(0) for k in range(int(train.labels.max()) + 1)])
 
 
@@ -258,7 +257,6 @@ def run_evaluators(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderCon
     ds, cache = load_prepared(root)
     train, hold = ds.subset(D.TRAIN), ds.subset(D.HOLDOUT)
     out, model_dir = root / REPORTS / "evaluators", root / MODELS / "evaluators"
-    row_of = {c: i for i, c in enumerate(cache.captions)}
     metrics: dict = {}
     curves = {}
     if has_labels(train):
@@ -270,12 +268,12 @@ def run_evaluators(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderCon
                                  "holdout_accuracy": float((batched(clf, hold.pixels()).argmax(1) == hold.labels)
                                                            .float().mean())}
         curves["classifier cross-entropy"] = run["history"]
-    caption_ids = torch.tensor([row_of[c] for c in train.captions])
+    caption_ids = cache.rows(train.captions)
     run = train_evaluator("clip", cfg.clip, seed, train.pixels(), caption_ids, cache.pooled, model_dir,
                           root / CHECKPOINTS / "evaluators" / "clip", progress=progress, num_threads=cfg.num_threads)
     tower = run["model"]
     z = batched(tower, hold.pixels())
-    own = cache.pooled[[row_of[c] for c in hold.captions]]
+    own = cache.pooled[cache.rows(hold.captions)]
     shuffled = own[torch.randperm(len(own), generator=torch.Generator().manual_seed(seed))]
     metrics["clip"] = {"steps": run["steps"], "train_seconds": run["train_seconds"],
                        "holdout_clip_score_own_captions": clip_score(z, own),

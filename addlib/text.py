@@ -16,6 +16,7 @@ guidance and condition dropout.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -103,6 +104,20 @@ class TextCache:
 
     def __getitem__(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.states[ids], self.mask[ids], self.pooled[ids]
+
+    @functools.cached_property
+    def _row_of(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.captions)}
+
+    def rows(self, captions: list[str]) -> torch.Tensor:
+        """The cache row of each caption (each must have been encoded)."""
+        missing = [c for c in captions if c not in self._row_of]
+        if missing:
+            raise KeyError(f"caption not in the text cache: {missing[0]!r}")
+        return torch.tensor([self._row_of[c] for c in captions], dtype=torch.long)
+
+    def has(self, captions: list[str]) -> bool:
+        return all(c in self._row_of for c in captions)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

@@ -228,16 +228,15 @@ def run_loop(name: str, step_fn, *, steps: int, log_every: int, checkpoint_every
 
 def setup_run(tc, train: Dataset, text: TextCache):
     """What every text-conditional trainer starts with: threads, the accelerator (devices, precision,
-    processes), the training images (uint8; a batch becomes [-1, 1] floats with ``to_float``), each image's
-    row in the text cache, and caption -> row."""
+    processes), the training images (uint8; a batch becomes [-1, 1] floats with ``to_float``) and each
+    image's row in the text cache."""
     from accelerate import Accelerator
 
     set_threads(tc.num_threads)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision)
     if tc.batch_size % accelerator.num_processes:
         raise ValueError(f"batch_size {tc.batch_size} does not split over {accelerator.num_processes} processes")
-    row_of = {c: i for i, c in enumerate(text.captions)}
-    return accelerator, train.images, torch.tensor([row_of[c] for c in train.captions]), row_of
+    return accelerator, train.images, text.rows(train.captions)
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
@@ -289,7 +288,7 @@ def train_teacher(cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache
 
     tc = cfg.train
     # 1-2. Devices, precision, processes; images in [-1, 1] and their caption rows in the text cache.
-    accelerator, x_all, cap_all, _ = setup_run(tc, train, text)
+    accelerator, x_all, cap_all = setup_run(tc, train, text)
     # 3. Schedule, model, EMA, optimizer.
     schedule = NoiseSchedule(cfg.schedule)
     torch.manual_seed(seed)
@@ -411,7 +410,7 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
 
     tc, dc = cfg.train, cfg.discriminator
     # 1-2. Devices, precision, processes; images and caption rows.
-    accelerator, x_all, cap_all, row_of = setup_run(tc, train, text)
+    accelerator, x_all, cap_all = setup_run(tc, train, text)
     dev, wdtype = accelerator.device, weight_dtype(tc.mixed_precision)
     schedule, space = teacher.schedule, teacher.space.to(dev, wdtype)
     tau = torch.tensor(cfg.student_timesteps)
@@ -458,9 +457,8 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
     empty_1 = tuple(a.to(dev) for a in text[torch.tensor([0])][:2])
     negative_1 = tuple(a.to(dev) for a in text[torch.tensor([negative_row])][:2])
     grid_text = None
-    if grid_dir is not None:
-        rows = [row_of.get(p) for p in cfg.sample_prompts]
-        grid_text = rows if all(r is not None for r in rows) else None
+    if grid_dir is not None and text.has(cfg.sample_prompts):
+        grid_text = text.rows(cfg.sample_prompts).tolist()
     n_proc, micro = accelerator.num_processes, tc.gradient_accumulation
     per_proc = tc.batch_size // n_proc
     if per_proc % micro:
