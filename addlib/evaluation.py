@@ -158,11 +158,11 @@ class Scorer:
 
 
 def choose_guidance(make_gen, candidates: list[float], prompts: Prompts, noise: torch.Tensor,
-                    score_fid, batch_size: int) -> tuple[float, dict[float, float]]:
+                    score_fid, batch_size: int, accelerator=None) -> tuple[float, dict[float, float]]:
     """The candidate guidance scale with the lowest FID against the held-out split (ties: the smaller)."""
     fids = {}
     for w in candidates:
-        images, _ = generate(make_gen(w), prompts, noise, batch_size)
+        images, _ = generate(make_gen(w), prompts, noise, batch_size, accelerator=accelerator)
         fids[w] = score_fid(images)
     best = min(sorted(fids), key=lambda w: fids[w])
     return best, fids

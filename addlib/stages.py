@@ -109,6 +109,8 @@ def run_teacher(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig
                                 live_dir=out / "live", progress=progress)
         summary.pop("unet")
         history = summary.pop("history")
+        if not summary.pop("main_process"):
+            return {}  # under `accelerate launch`: the main process writes the reports
         plots.loss_curve([r["step"] for r in history], {"denoising loss": [r["loss"] for r in history]},
                          out / "loss.png", "teacher training loss")
         teacher = load_teacher(cfg, model_dir)
@@ -219,6 +221,8 @@ def run_add(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, te
                     live_dir=out / "live", grid_dir=out / "progress", progress=progress,
                     fingerprint_extra=[C.to_dict(feat_cfg)])
     student, history = run.pop("student"), run.pop("history")
+    if not run.pop("main_process"):
+        return {}  # under `accelerate launch`: the main process writes the reports
     resolved = {"seed": seed, "data": data_cfg, "text_encoder": text_cfg, "teacher": teacher_cfg,
                 "features": feat_cfg, "add": cfg}
     C.write_resolved(resolved, model_dir / "addlib_config.json", code_version=code_version(root))
@@ -308,7 +312,10 @@ def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfi
     from .sampling import initial_noise, unet_input_shape
     from .training import set_threads
 
+    from accelerate import Accelerator
+
     set_threads(cfg.num_threads)
+    acc = Accelerator()  # one process in the pipeline; under `accelerate launch` the sampling is split
     ds, cache = load_prepared(root)
     cache = extend_cache(cache, add_cfg.sample_prompts, text_cfg)
     ref = ds.subset(D.TRAIN if cfg.reference == "train" else D.HOLDOUT)
@@ -380,32 +387,35 @@ def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfi
             if steps <= cfg.guidance_max_steps or not chosen:
                 w, fids = E.choose_guidance(lambda w: teacher_gen(sampler, steps, w), cfg.guidance_candidates,
                                             sel_prompts, sel_noise, lambda x: fid_from_features(sel_feats, extract(feat_fn, x)),
-                                            cfg.batch_size)
+                                            cfg.batch_size, accelerator=acc)
                 chosen[steps] = w
                 guidance[f"{sampler}/{steps}"] = {"chosen": w, "heldout_fid": {f"{k:g}": v for k, v in fids.items()}}
             else:
                 w = chosen[max(chosen)]
                 guidance[f"{sampler}/{steps}"] = {"chosen": w, "reused_from_steps": max(chosen)}
             gen = teacher_gen(sampler, steps, w)
-            images, throughput = E.generate(gen, test_prompts, test_noise, cfg.batch_size, progress=progress)
+            images, throughput = E.generate(gen, test_prompts, test_noise, cfg.batch_size, progress=progress,
+                                            accelerator=acc)
             images_of[(sampler, steps)] = images
             add_row(gen, images, throughput)
     # Student rows, plus the FID spread over noise seeds.
     for steps in sorted(cfg.student_steps):
         gen = student_gen(steps)
-        images, throughput = E.generate(gen, test_prompts, test_noise, cfg.batch_size, seed=cfg.seed)
+        images, throughput = E.generate(gen, test_prompts, test_noise, cfg.batch_size, seed=cfg.seed, accelerator=acc)
         images_of[("add", steps)] = images
         add_row(gen, images, throughput)
         fids = [rows[-1]["fid"]]
         for k in range(1, cfg.seed_repeats + 1):
             x, _ = E.generate(gen, test_prompts, initial_noise(cfg.num_samples, noise_shape, cfg.seed + k), cfg.batch_size,
-                              seed=cfg.seed + k)
+                              seed=cfg.seed + k, accelerator=acc)
             fids.append(fid_from_features(ref_feats, extract(feat_fn, x)))
         t = torch.tensor(fids, dtype=torch.float64)
         seed_fids[f"student/add/{steps}"] = {"fids": fids, "mean": float(t.mean()),
                                              "std": float(t.std()) if len(fids) > 1 else 0.0}
 
-    # Outputs: the table (csv + markdown), metrics, plots, Figure 4.
+    # Outputs: the table (csv + markdown), metrics, plots, Figure 4 (written by one process).
+    if not acc.is_main_process:
+        return {}
     tables = root / REPORTS / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     with open(tables / "comparison.csv", "w", newline="") as f:
@@ -545,13 +555,35 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path = 
     return 0
 
 
+BODIES = {"prepare": run_prepare, "teacher": run_teacher, "features": run_features, "add": run_add,
+          "evaluators": run_evaluators, "evaluate": run_evaluate}
+
+
+def run_direct(stage: str, params_path: Path = Path("params.yaml"), root: Path = Path(".")) -> int:
+    """The stage body in this process, without the notebook: what ``accelerate launch`` runs on every
+    process (``add`` trains data-parallel, ``evaluate`` splits its sampling; the main process writes the
+    outputs). The executed notebook is not produced."""
+    try:
+        check_stage(stage, root / params_path, root)
+        cfg = C.load(root / params_path)
+    except C.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    BODIES[stage](*[getattr(cfg, s) for s in STAGE_SECTIONS[stage]], root=root)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m addlib.stages", description="run one pipeline stage")
     ap.add_argument("stage", choices=sorted(STAGE_SECTIONS))
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--direct", action="store_true",
+                    help="run the stage body in this process, without papermill (for `accelerate launch`)")
     args = ap.parse_args(argv)
+    if args.direct:
+        return run_direct(args.stage, Path(args.params))
     return run_stage(args.stage, Path(args.params))
 
 

@@ -343,6 +343,7 @@ def train_teacher(cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache
         "images_per_second": run["end"] * tc.batch_size / run["train_seconds"],
         "unet": raw_unet,
         "history": rows,
+        "main_process": accelerator.is_main_process,
     }
 
 
@@ -608,7 +609,7 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
         ema_model.save_pretrained(out_dir, safe_serialization=True)
     return {"steps": run["end"], "resumed_from_step": run["start"], "train_seconds": run["train_seconds"],
             "images_per_second": run["end"] * tc.batch_size / run["train_seconds"],
-            "history": run["history"], "student": ema_model}
+            "history": run["history"], "student": ema_model, "main_process": accelerator.is_main_process}
 
 
 def save_student_grid(student, schedule: NoiseSchedule, text: TextCache, rows: list[int], cfg, steps_list,

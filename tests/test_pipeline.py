@@ -120,3 +120,19 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     for f in ["reports/evaluate/fid_vs_nfe.png", "reports/evaluate/quality_vs_time.png", "reports/evaluate/figure4.png",
               "reports/executed/evaluate.ipynb", "reports/executed/evaluators.ipynb"]:
         assert (repo / f).is_file(), f
+
+    # The multi-GPU path: the same stage bodies run directly (no notebook) under `accelerate launch` with two
+    # CPU processes (gloo); the student trains data-parallel, the evaluation sampling is split and gathered,
+    # and the main process rewrites the reports.
+    for f in ["reports/add/metrics.json", "reports/metrics/evaluate.json"]:
+        (repo / f).unlink()
+    env2 = {**env, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    for stage in ["add", "evaluate"]:
+        _sh([str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
+             "-m", "addlib.stages", stage, "--direct"], repo, env2)
+    add2 = json.loads((repo / "reports/add/metrics.json").read_text())
+    assert add2["steps"] == 3 and math.isfinite(add2["final_loss_G"]) and math.isfinite(add2["final_loss_D"])
+    ev2 = json.loads((repo / "reports/metrics/evaluate.json").read_text())
+    assert set(ev2["rows"]) == {f"{m}/{s}/{k}" for m, s, k in expected}
+    assert all(math.isfinite(r["fid"]) for r in ev2["rows"].values())
