@@ -1,0 +1,80 @@
+"""The ablation catalogue (not yet wired into the pipeline): parsing with one-line errors, one run shared by
+several sub-tables, each run's params valid through the normal config path, and the summary tables (means
+and spreads by hand, the ordering sentence against the paper's numbers)."""
+import pytest
+import yaml
+
+from addlib import ablations as A
+from addlib import config as C
+
+CATALOGUE = yaml.safe_load("""
+steps: 150
+batch_size: 64
+eval_samples: 1000
+runs:
+  base: {seeds: [0, 1, 2], overrides: {}}
+  l1: {seeds: [0, 1, 2], overrides: {add: {distance: l1}}}
+  adv_only: {seeds: [0], overrides: {add: {lambda_distill: 0.0}}}
+  distill_only: {seeds: [0], overrides: {add: {lambda_adv: 0.0}}}
+  no_cond: {seeds: [0], overrides: {add: {discriminator: {c_text: false, c_img: false}}}}
+tables:
+  distance: {mse: base, l1: l1}
+  loss: {adversarial only: adv_only, distillation only: distill_only, "both, exponential": base}
+  conditioning: {none: no_cond, both: base}
+""")
+
+
+def test_parse_and_shared_runs():
+    cfg = A.parse(CATALOGUE)
+    assert cfg.runs["base"].seeds == [0, 1, 2] and cfg.runs["l1"].overrides == {"add": {"distance": "l1"}}
+    shared = [t for t, rows in cfg.tables.items() if "base" in rows.values()]
+    assert shared == ["distance", "loss", "conditioning"]  # trained once, read by three sub-tables
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c["tables"]["loss"].update({"nfsd": "missing"}), "tables.loss.nfsd: no run named 'missing'"),
+    (lambda c: c["runs"].update({"orphan": {"seeds": [0]}}), "runs: runs in no table: orphan"),
+    (lambda c: c["runs"]["l1"].update({"seeds": [0, 0]}), "runs.l1.seeds: needs distinct seeds"),
+    (lambda c: c["runs"]["l1"].update({"sedes": [1]}), r"runs.l1: expected \{seeds"),
+    (lambda c: c.update({"step": 3}), "ablations.step: unknown key"),
+])
+def test_bad_catalogues_are_one_line_errors(change, message):
+    import copy
+
+    raw = copy.deepcopy(CATALOGUE)
+    change(raw)
+    with pytest.raises(C.ConfigError, match=message):
+        A.parse(raw)
+
+
+def test_each_run_is_valid_params_with_the_budget(root):
+    cfg = A.parse(CATALOGUE)
+    raw = C.load_raw(root / "params.yaml")
+    for name, run in cfg.runs.items():
+        for seed in run.seeds:
+            p = C.parse(A.run_params(raw, cfg, name, seed))
+            assert p.seed == seed and p.add.train.steps == 150 and p.add.train.batch_size == 64
+    assert C.parse(A.run_params(raw, cfg, "l1", 0)).add.distance == "l1"
+    assert not C.parse(A.run_params(raw, cfg, "no_cond", 0)).add.discriminator.c_img
+    bad = A.parse({**CATALOGUE, "runs": {**CATALOGUE["runs"], "l1": {"seeds": [0], "overrides": {"add": {"distance": "l3"}}}}})
+    with pytest.raises(C.ConfigError, match="add.distance"):
+        C.parse(A.run_params(raw, bad, "l1", 0))
+
+
+def test_summary_means_spreads_and_the_ordering_sentence():
+    cfg = A.parse(CATALOGUE)
+    res = {"base": {0: {"fid": 2.0, "recall": 0.6}, 1: {"fid": 3.0, "recall": 0.7}, 2: {"fid": 4.0, "recall": 0.8}},
+           "l1": {0: {"fid": 5.0}, 1: {"fid": 5.0}, 2: {"fid": 8.0}},
+           "adv_only": {0: {"fid": 2.5}}, "distill_only": {0: {"fid": 40.0}}, "no_cond": {0: {"fid": 1.0}}}
+    out = A.summarise(cfg, res)
+    mse, l1 = out["distance"]["rows"]
+    assert (mse["fid"], mse["fid_std"], mse["seeds"]) == (3.0, 1.0, 3) and mse["recall"] == pytest.approx(0.7)
+    assert (l1["fid"], l1["fid_std"]) == (6.0, pytest.approx(3 ** 0.5)) and l1["paper_fid"] is None
+    assert mse["paper_fid"] == 20.6
+    assert out["distance"]["ordering_matches_paper"] is None  # the paper has only the mse row
+    # loss: here adv-only 2.5 < both 3.0 < distill-only 40; the paper: both 20.6 < adv-only 20.8 < distill-only
+    assert out["loss"]["ordering_matches_paper"] is False and "differs" in out["loss"]["sentence"]
+    # conditioning: none 1.0 < both 3.0 here; the paper: both 20.6 < none 21.2
+    assert out["conditioning"]["ordering_matches_paper"] is False
+    res["no_cond"][0]["fid"] = 9.0
+    assert A.summarise(cfg, res)["conditioning"]["ordering_matches_paper"] is True

@@ -1,0 +1,44 @@
+"""The report's rendering (not yet wired into the pipeline): an executed notebook becomes one self-contained
+HTML page without code, and headless Chromium draws it (a screenshot that is not blank)."""
+import base64
+import io
+
+import nbformat
+from PIL import Image
+
+from addlib import report as R
+
+
+def _notebook(path):
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 20), (200, 30, 30)).save(buf, format="PNG")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Table 2 at this scale"),
+                nbformat.v4.new_code_cell("secret_code_line = 1", outputs=[
+                    nbformat.v4.new_output("display_data", data={
+                        "text/html": "<table><tr><th>model</th><th>fid</th></tr><tr><td>student</td><td>2.5</td></tr></table>",
+                        "text/plain": "table"}),
+                    nbformat.v4.new_output("display_data", data={
+                        "image/png": base64.b64encode(buf.getvalue()).decode(), "text/plain": "img"})])]
+    nbformat.write(nb, str(path))
+
+
+def test_notebook_to_html_has_outputs_and_no_code(tmp_path):
+    _notebook(tmp_path / "nb.ipynb")
+    html = R.notebook_to_html(tmp_path / "nb.ipynb", tmp_path / "out" / "index.html", title="ADD report").read_text()
+    assert "Table 2 at this scale" in html and "<td>student</td><td>2.5</td>" in html
+    assert "secret_code_line" not in html
+    assert "data:image/png;base64," in html  # the figure is inside the page
+    assert "<title>ADD report</title>" in html
+
+
+def test_chromium_draws_the_page(tmp_path):
+    """Needs Debian's chromium, which `make test` installs."""
+    _notebook(tmp_path / "nb.ipynb")
+    page = R.notebook_to_html(tmp_path / "nb.ipynb", tmp_path / "index.html")
+    png = R.screenshot(page, tmp_path / "shot.png", width=800, height=600)
+    im = Image.open(png).convert("RGB")
+    assert im.size == (800, 600)
+    colours = im.getcolors(maxcolors=1 << 20)
+    assert len(colours) > 10  # text and the red figure, not a blank page
+    assert any(r > 150 and g < 80 and b < 80 for _, (r, g, b) in colours)  # the embedded image is drawn
