@@ -14,26 +14,20 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
 
 from addlib import config  # noqa: E402
-from addlib.data import TRAIN, Dataset  # noqa: E402
 from addlib.diffusion import NoiseSchedule  # noqa: E402
 from addlib.discriminator import Discriminator, FeatureNetwork  # noqa: E402
 from addlib.latent import PixelSpace, Teacher  # noqa: E402
 from addlib.models import build_unet  # noqa: E402
-from addlib.text import TextCache  # noqa: E402
 from addlib.training import train_add  # noqa: E402
+from tiny_models import tiny_digits  # noqa: E402
 
 
 def tiny_setup(batch_size: int, steps: int):
     params = config.load(ROOT / "params.yaml", ROOT / "profiles" / "smoke.yaml")
-    g = torch.Generator().manual_seed(0)
-    patterns = torch.randint(0, 256, (3, 1, 8, 8), generator=g, dtype=torch.uint8)
-    ds = Dataset(patterns[torch.arange(24) % 3], torch.arange(24) % 3, [["a", "b", "c"][i % 3] for i in range(24)],
-                 torch.full((24,), TRAIN, dtype=torch.uint8))
-    cache = TextCache(["", "a", "b", "c"], torch.randn(4, 4, 16, generator=g),
-                      torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]]).float(),
-                      torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=-1))
+    ds, cache = tiny_digits(24)
     torch.manual_seed(0)
     unet = build_unet(params.teacher.unet, 8, 1, 16)
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=8, patch_size=2, in_chans=1,

@@ -51,3 +51,19 @@ def sd_folder(path: Path, seed: int = 0) -> Path:
                   ).save_pretrained(str(path / "vae"))
     DDIMScheduler(**SD_SCHEDULE).save_pretrained(str(path / "scheduler"))
     return path
+
+
+def tiny_digits(n: int = 16):
+    """n 1x8x8 images, one fixed random pattern per caption (3 captions, so there is something to learn),
+    and a random text cache (row 0 = empty prompt)."""
+    from addlib.data import TRAIN, Dataset
+    from addlib.text import TextCache
+
+    g = torch.Generator().manual_seed(0)
+    patterns = torch.randint(0, 256, (3, 1, 8, 8), generator=g, dtype=torch.uint8)
+    ds = Dataset(patterns[torch.arange(n) % 3], torch.arange(n) % 3, [["a", "b", "c"][i % 3] for i in range(n)],
+                 torch.full((n,), TRAIN, dtype=torch.uint8))
+    cache = TextCache(["", "a", "b", "c"], torch.randn(4, 4, 16, generator=g),
+                      torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]]).float(),
+                      torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=-1))
+    return ds, cache
