@@ -1,11 +1,12 @@
 """The paper's Table 1 ablations at this scale: which runs to train, and how their results become tables.
 
-Not yet wired into the pipeline (params.yaml, the stages and dvc.yaml come with the ablation stages). The
-shape of the future ``ablations`` section of params.yaml:
+The ``ablations`` section of params.yaml (shape and checks in config.AblationsConfig):
 
-- ``runs``: name -> {seeds, overrides}. One training run per name and seed; ``overrides`` is a partial params
-  file deep-merged over params.yaml (names only: ``{add: {distance: l1}}``). Every run uses one code path,
-  the ``add`` stage's, with the ablation budget (``steps``, ``batch_size``) in place of ``add.train``'s.
+- ``runs``: name -> {seeds, overrides}. dvc.yaml makes one stage per name (``ablation@<name>``, a ``foreach``),
+  which trains one run per seed; ``overrides`` is a partial params file deep-merged over params.yaml (names
+  only: ``{add: {distance: l1}}``; config.ablation_params). Every run uses one code path, the ``add`` stage's
+  train_add, with the ablation budget (``steps``, ``batch_size``) in place of ``add.train``'s, and is scored
+  at 1 student step like the ``evaluate`` stage's rows (stages.run_ablation).
 - ``tables``: sub-table -> row label -> run name. A run that several sub-tables share (the paper's default
   row: mse, exponential weighting, both conditionings, teacher init, one teacher step) is trained once.
 
@@ -14,11 +15,12 @@ paper's numbers for the same rows (``PAPER``), with a sentence saying whether th
 """
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from typing import Any
 
-from .config import ConfigError, _check
+from pathlib import Path
+
+from .config import AblationsConfig
 
 # The paper's Table 1 (FID at 1 student step, COCO, ADD-M; ADD_NOTES.md). Row labels of this project's
 # sub-tables -> the paper's value; rows the paper does not have are absent.
@@ -30,80 +32,6 @@ PAPER: dict[str, dict[str, float]] = {
              "both, sds": 22.3, "both, nfsd": 21.8},
     "distance": {"mse": 20.6},
 }
-
-
-@dataclasses.dataclass
-class AblationRun:
-    seeds: list[int]
-    overrides: dict[str, Any]
-
-
-@dataclasses.dataclass
-class AblationsConfig:
-    steps: int                          # ADD steps per run (the main run's are add.train.steps)
-    batch_size: int
-    eval_samples: int                   # 1-step samples scored per run and seed
-    runs: dict[str, AblationRun]
-    tables: dict[str, dict[str, str]]   # sub-table -> row label -> run name
-
-    def validate(self, where: str) -> None:
-        _check(self.steps >= 1 and self.batch_size >= 1 and self.eval_samples >= 2, f"{where}.steps",
-               "steps, batch_size >= 1 and eval_samples >= 2")
-        for name, run in self.runs.items():
-            _check(len(run.seeds) >= 1 and len(set(run.seeds)) == len(run.seeds), f"{where}.runs.{name}.seeds",
-                   "needs distinct seeds")
-        for table, rows in self.tables.items():
-            for label, run in rows.items():
-                _check(run in self.runs, f"{where}.tables.{table}.{label}", f"no run named {run!r} in runs")
-        unused = set(self.runs) - {r for rows in self.tables.values() for r in rows.values()}
-        _check(not unused, f"{where}.runs", f"runs in no table: {', '.join(sorted(unused))}")
-
-
-def parse(raw: dict, where: str = "ablations") -> AblationsConfig:
-    """The ``ablations`` section -> AblationsConfig; a bad key or value is a one-line ConfigError."""
-    from .config import from_dict
-
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping")
-    shape = from_dict(_Shape, raw, where)
-    if not isinstance(shape.runs, dict) or not shape.runs:
-        raise ConfigError(f"{where}.runs: expected a mapping of run names")
-    runs = {}
-    for name, r in shape.runs.items():
-        if not isinstance(r, dict) or set(r) - {"seeds", "overrides"} or "seeds" not in r:
-            raise ConfigError(f"{where}.runs.{name}: expected {{seeds: [...], overrides: {{...}}}}")
-        seeds = r["seeds"]
-        if not isinstance(seeds, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
-            raise ConfigError(f"{where}.runs.{name}.seeds: expected a list of integers")
-        overrides = r.get("overrides") or {}
-        if not isinstance(overrides, dict):
-            raise ConfigError(f"{where}.runs.{name}.overrides: expected a mapping (a partial params file)")
-        runs[name] = AblationRun(list(seeds), overrides)
-    if not isinstance(shape.tables, dict) or not all(isinstance(rows, dict) for rows in shape.tables.values()):
-        raise ConfigError(f"{where}.tables: expected sub-table -> {{row label: run name}}")
-    tables = {str(t): {str(label): str(run) for label, run in rows.items()} for t, rows in shape.tables.items()}
-    out = AblationsConfig(shape.steps, shape.batch_size, shape.eval_samples, runs, tables)
-    out.validate(where)
-    return out
-
-
-@dataclasses.dataclass
-class _Shape:  # the keys of the section, checked by config.from_dict (runs/tables further by parse)
-    steps: int
-    batch_size: int
-    eval_samples: int
-    runs: Any
-    tables: Any
-
-
-def run_params(raw_params: dict, cfg: AblationsConfig, name: str, seed: int) -> dict:
-    """The params of one ablation run: params.yaml with the run's overrides, its seed and the budget."""
-    from .config import deep_merge
-
-    out = deep_merge(raw_params, cfg.runs[name].overrides)
-    out = deep_merge(out, {"seed": seed, "add": {"train": {"steps": cfg.steps, "batch_size": cfg.batch_size,
-                                                           "sample_every": 0}}})
-    return out
 
 
 def _ordering_matches(ours: dict[str, float], paper: dict[str, float]) -> bool | None:
@@ -145,3 +73,98 @@ def summarise(cfg: AblationsConfig, results: dict[str, dict[int, dict[str, float
                 f" (best here: {best_here}; best in the paper: {best_paper})."
         out[table] = {"rows": table_rows, "ordering_matches_paper": match, "sentence": sentence}
     return out
+
+
+TITLES = {"distance": "Distance metric d of the distillation loss", "loss": "Loss terms (Table 1d)",
+          "features": "Discriminator feature network F (Table 1a)", "conditioning": "Discriminator conditioning (Table 1b)",
+          "init": "Student initialisation (Table 1c)", "teacher_steps": "Teacher steps for the target (Table 1f)",
+          "teacher_t": "Re-noising timestep of the distillation target"}
+
+
+def _cell(row: dict, m: str, digits: int) -> str:
+    if m not in row:
+        return "-"
+    std = f" ± {row[f'{m}_std']:.{digits}f}" if row["seeds"] > 1 else ""
+    return f"{row[m]:.{digits}f}{std}"
+
+
+def markdown(table1: dict) -> str:
+    """Table 1 as markdown: one sub-table per ablation, mean ± std over seeds, the paper's FID beside."""
+    parts = []
+    for table, t in table1.items():
+        lines = [f"### {TITLES.get(table, table)}", "",
+                 "| row | seeds | FID | precision | recall | CLIP score | prompt accuracy | paper FID |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for r in t["rows"]:
+            paper = f"{r['paper_fid']:g}" if r.get("paper_fid") is not None else "-"
+            lines.append(f"| {r['row']} | {r['seeds']} | {_cell(r, 'fid', 2)} | {_cell(r, 'precision', 3)} | "
+                         f"{_cell(r, 'recall', 3)} | {_cell(r, 'clip_score', 2)} | {_cell(r, 'prompt_accuracy', 3)} "
+                         f"| {paper} |")
+        parts.append("\n".join(lines + ["", t["sentence"], ""]))
+    return "\n".join(parts)
+
+def run_ablation(run: str, raw: dict, root: Path = Path("."), progress: bool = True) -> dict:
+    """One row of Table 1: train the run's variant once per seed with the ablation budget (train_add, the
+    add stage's code path, on params.yaml with the run's overrides; config.ablation_params) and score its
+    1-step samples as the evaluate stage scores its rows. A run that changes F's architecture pretrains that
+    F first (the features stage's code, its own pretraining params); a random-init F needs no training."""
+    from . import config as C
+    from . import data as D
+    from . import evaluation as E
+    from .latent import load_teacher
+    from .pretrain import pretrain_features
+    from .sampling import initial_noise, unet_input_shape
+    from .stages import (CHECKPOINTS, MODELS, REPORTS, STAGE_SECTIONS, build_discriminator, code_version,
+                         extend_cache, load_prepared, scoring, write_json)
+    from .training import save_student_grid, train_add
+
+    base = C.parse(raw)
+    ab = base.ablations
+    spec = ab.runs[run]
+    ds, cache = load_prepared(root)
+    train = ds.subset(D.TRAIN)
+    work = root / CHECKPOINTS / "ablations" / run
+    out = root / REPORTS / "ablations" / "runs" / run
+    per_seed, resolved = {}, {}
+    features_dir, sc, pretrained_f = None, None, None
+    for seed in spec.seeds:
+        p = C.parse_run(raw, run, seed)
+        resolved[f"seed {seed}"] = {k: getattr(p, k) for k in STAGE_SECTIONS["add"]}
+        if p.features != base.features and p.features.source == "in_domain" and p.features.pretrain.objective != "none":
+            features_dir = work / "features"
+            if pretrained_f is None:  # one F per run, pretrained with the params' seed like the features stage
+                pretrained_f = pretrain_features(p.features, base.seed, train.pixels(), features_dir,
+                                                 work / "features_checkpoints", progress=progress)
+                pretrained_f = {k: pretrained_f[k] for k in ("steps", "train_seconds")}
+        cache_p = extend_cache(cache, p.add.sample_prompts + [p.add.nfsd_negative_prompt], p.text_encoder)
+        teacher = load_teacher(p.teacher, root / MODELS / "teacher")
+        disc = build_discriminator(p.features, p.add.discriminator, ds.images.shape[1], cache_p.pooled.shape[1],
+                                   root, seed, features_dir)
+        trained = train_add(p.add, teacher, seed, train, cache_p, disc, int(cache_p.rows([p.add.nfsd_negative_prompt])[0]),
+                            work / f"seed{seed}" / "student", work / f"seed{seed}" / "checkpoints",
+                            progress=progress, fingerprint_extra=[C.to_dict(p.features)])
+        student = trained["student"]
+        if sc is None:
+            sc = scoring(ds, cache_p, p.evaluators, p.evaluate, root)
+            prompts = sc.prompts_for(sc.ref, ab.eval_samples, p.evaluate.seed, cache_p)
+            noise = initial_noise(ab.eval_samples, unet_input_shape(teacher.unet), p.evaluate.seed)
+        gen = E.Generator("student", "add", 1, 1.0, student, teacher.schedule,
+                          trained_timesteps=p.add.student_timesteps, space=teacher.space)
+        images, _ = E.generate(gen, prompts, noise, p.evaluate.batch_size, seed=p.evaluate.seed, progress=False)
+        last = trained["history"][-1] if trained["history"] else {}
+        per_seed[seed] = {**sc.scorer(images, prompts), "train_seconds": trained["train_seconds"],
+                          "steps": trained["steps"], **{f"final_{k}": v for k, v in last.items() if k != "step"}}
+        print(f"{run} seed {seed}: " + "  ".join(f"{k} {per_seed[seed][k]:.3f}" for k in
+                                                  ("fid", "precision", "recall", "clip_score", "prompt_accuracy")),
+              flush=True)
+        if seed == spec.seeds[0]:
+            save_student_grid(student, teacher.schedule, cache_p, cache_p.rows(p.add.sample_prompts).tolist(), p.add,
+                              [1], out / "samples.png", f"ablation '{run}' (seed {seed}): 1 step after {ab.steps} steps")
+    metrics = {"run": run, "overrides": spec.overrides, "steps": ab.steps, "batch_size": ab.batch_size,
+               "eval_samples": ab.eval_samples, "fid_features": sc.feat_name,
+               "seeds": {str(k): v for k, v in per_seed.items()}}
+    if pretrained_f is not None:
+        metrics["feature_network_pretraining"] = pretrained_f
+    write_json(out / "metrics.json", metrics)
+    C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
+    return metrics

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -50,6 +51,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item_tp = args[0] if args else Any
         return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _convert(v, args[1] if args else Any, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is Any:
@@ -374,6 +379,7 @@ class ADDConfig:
     lambda_adv: float        # weight of L_G; 0 = distillation only (Table 1d)
     teacher_steps: int       # teacher denoising steps building the target (Table 1f: 1, 2, 4)
     teacher_t_range: list[int]   # teacher timesteps t ~ U[lo, hi] for re-noising the student output
+    teacher_t_at_most_s: bool    # inputs with noise (s < T-1): t ~ U[lo, min(hi, s)] (ours; the paper: U[lo, hi])
     teacher_guidance: float  # classifier-free guidance of the teacher's target (exponential/sds)
     nfsd_guidance: float     # s of NFSD's delta_C term
     nfsd_negative_prompt: str
@@ -468,6 +474,40 @@ class EvaluateConfig:
 
 
 @dataclasses.dataclass
+class AblationRun:
+    seeds: list[int]            # one training run per seed (reported as mean and std)
+    overrides: dict[str, Any]   # a partial params file deep-merged over params.yaml: names only
+
+    def validate(self, where: str) -> None:
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), f"{where}.seeds",
+               "needs at least one seed, all distinct")
+        _check(not {"seed", "ablations"} & set(self.overrides), f"{where}.overrides",
+               "may not set 'seed' (use seeds) or 'ablations'")
+
+
+@dataclasses.dataclass
+class AblationsConfig:
+    """The paper's Table 1 at this scale (stages ``ablation@<run>``; see addlib/ablations.py)."""
+    steps: int                  # ADD steps per run, in place of add.train.steps (the budget)
+    batch_size: int             # in place of add.train.batch_size
+    eval_samples: int           # 1-step samples scored per run and seed (evaluate's reference and seed)
+    runs: dict[str, AblationRun]
+    tables: dict[str, dict[str, str]]   # sub-table -> row label -> run name (a run may serve several rows)
+
+    def validate(self, where: str) -> None:
+        _check(self.steps >= 1 and self.batch_size >= 1, f"{where}.steps", "steps and batch_size must be >= 1")
+        _check(self.eval_samples >= 2, f"{where}.eval_samples", "must be >= 2")
+        for name in self.runs:
+            _check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)), f"{where}.runs.{name}",
+                   "run names become stage and folder names: letters, digits, '_', '.', '-' only")
+        for table, rows in self.tables.items():
+            for label, run in rows.items():
+                _check(run in self.runs, f"{where}.tables.{table}.{label}", f"no run named {run!r} in runs")
+        unused = set(self.runs) - {r for rows in self.tables.values() for r in rows.values()}
+        _check(not unused, f"{where}.runs", f"runs in no table: {', '.join(sorted(unused))}")
+
+
+@dataclasses.dataclass
 class Params:
     """The whole of params.yaml."""
     seed: int
@@ -478,6 +518,7 @@ class Params:
     add: ADDConfig
     evaluators: EvaluatorsConfig
     evaluate: EvaluateConfig
+    ablations: AblationsConfig
 
 
 # --------------------------------------------------------------------------------------------------
@@ -517,7 +558,25 @@ def load_raw(path: str | Path = "params.yaml", profile: str | Path | None = None
 
 
 def parse(raw: dict, where: str = "params") -> Params:
-    return from_dict(Params, raw, where)
+    params = from_dict(Params, raw, where)
+    for name, run in params.ablations.runs.items():  # every ablation run's params are valid params too
+        parse_run(raw, name, run.seeds[0], where)
+    return params
+
+
+def parse_run(raw: dict, name: str, seed: int, where: str = "params") -> Params:
+    """The typed params of one ablation run (its overrides are checked against params.yaml, not against
+    other runs' overrides)."""
+    return from_dict(Params, ablation_params(raw, name, seed), f"{where}:ablations.runs.{name}.overrides")
+
+
+def ablation_params(raw: dict, name: str, seed: int) -> dict:
+    """The params of one ablation run: params.yaml with the run's overrides, its seed and the ablation
+    budget in place of add.train's steps and batch size (no sample grids during training)."""
+    ab = raw["ablations"]
+    out = deep_merge(raw, ab["runs"][name].get("overrides") or {})
+    return deep_merge(out, {"seed": seed, "add": {"train": {"steps": ab["steps"], "batch_size": ab["batch_size"],
+                                                            "sample_every": 0}}})
 
 
 def load(path: str | Path = "params.yaml", profile: str | Path | None = None) -> Params:

@@ -1,4 +1,4 @@
-"""Figures: image grids with their prompts, and training curves."""
+"""Figures: image grids with their prompts, training curves, Table 2's plots and Table 1's bars."""
 from __future__ import annotations
 
 import textwrap
@@ -151,6 +151,32 @@ def quality_vs_time(rows: list[dict], path: str | Path, title: str = "") -> Path
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def ablation_bars(table1: dict, path: str | Path, title: str = "") -> Path:
+    """Table 1 as a figure: per sub-table, each row's 1-step FID (mean over seeds, std as whiskers; log axis,
+    since a collapsed row can be 100x worse than the rest)."""
+    n = len(table1)
+    cols = min(n, 4)
+    nrows = -(-n // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 0.5 + 2.1 * nrows), squeeze=False)
+    for ax, (name, t) in zip(axes.flat, table1.items()):
+        rows = [r for r in t["rows"] if "fid" in r]
+        ys = range(len(rows))
+        ax.barh(list(ys), [r["fid"] for r in rows], xerr=[r["fid_std"] for r in rows], color="tab:blue",
+                alpha=0.75, error_kw=dict(lw=1, capsize=2))
+        ax.set_yticks(list(ys), [f"{r['row']} (n={r['seeds']})" for r in rows], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3, axis="x", which="both")
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.supxlabel("1-step FID (lower is better)", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -1,15 +1,22 @@
-"""The HTML report: executed notebooks rendered without their code, and a headless-browser screenshot to check
-that a page renders. Not yet wired into the pipeline (the ``report`` stage comes with the ablation stages).
+"""The HTML report (stage ``report``): the pieces notebooks/report.ipynb lays out (tables read from the stages'
+outputs), the executed notebooks rendered without their code, and a headless-browser screenshot to check that
+a page renders.
 
 Pages are self-contained: figures shown with ``IPython.display.Image`` are stored in the notebook as base64
-PNG and nbconvert inlines them, so ``reports/html/index.html`` opens from disk with nothing beside it.
+PNG and nbconvert inlines them, so ``reports/html/index.html`` opens from disk; the per-stage pages it links
+to are in ``reports/html/stages/``.
 """
 from __future__ import annotations
 
+import csv
+import html as H
+import json
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+REPORTS = Path("reports")
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -30,6 +37,129 @@ def notebook_to_html(notebook: str | Path, html: str | Path, title: str | None =
     html.parent.mkdir(parents=True, exist_ok=True)
     html.write_text(body, encoding="utf-8")
     return html
+
+
+def render_site(index_notebook: str | Path, pages: dict[str, Path], out_dir: str | Path) -> Path:
+    """index.html from the report's executed notebook, and stages/<name>.html for every executed stage notebook
+    that exists (the index links to them)."""
+    import re
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    style = re.compile(r"<style[^>]*>.*?</style>\s*", re.S)
+    css = None
+    for name, nb in pages.items():
+        if Path(nb).is_file():
+            page = notebook_to_html(nb, out_dir / "stages" / f"{name}.html", title=f"ADD: stage {name}")
+            text = page.read_text(encoding="utf-8")
+            # The stage pages share one stylesheet (nbconvert inlines ~260 KB of CSS into every page).
+            css = css or "\n".join(m.group(0).split(">", 1)[1].rsplit("</style>", 1)[0] for m in style.finditer(text))
+            first = style.search(text)
+            if first:
+                text = text[:first.start()] + '<link rel="stylesheet" href="style.css">\n' + style.sub("", text[first.start():])
+            page.write_text(text, encoding="utf-8")
+    if css is not None:
+        (out_dir / "stages" / "style.css").write_text(css, encoding="utf-8")
+    return notebook_to_html(index_notebook, out_dir / "index.html", title="Adversarial Diffusion Distillation: report")
+
+
+def html_table(rows: list[dict], columns: list[str], header: list[str] | None = None, digits: dict | None = None,
+               table_id: str | None = None) -> str:
+    """A plain HTML table (values formatted with ``digits[column]`` decimals)."""
+    digits = digits or {}
+
+    def fmt(c, v):
+        if isinstance(v, float):
+            return f"{v:.{digits.get(c, 3)}f}"
+        return H.escape(str(v))
+
+    head = "".join(f"<th>{H.escape(h)}</th>" for h in (header or columns))
+    body = "".join("<tr>" + "".join(f"<td>{fmt(c, r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
+    ident = f' id="{table_id}"' if table_id else ""
+    return f"<table{ident} class=\"add-table\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def table2_html(root: Path = Path(".")) -> str:
+    """Table 2 at this scale: every row of the evaluate stage's comparison.csv."""
+    with open(root / REPORTS / "tables" / "comparison.csv") as f:
+        rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    cols = ["model", "sampler", "steps", "nfe", "guidance", "seconds_per_image", "images_per_second", "fid",
+            "precision", "recall", "clip_score", "prompt_accuracy"]
+    head = ["model", "sampler", "steps", "NFE", "guidance", "s / image (batch 1)", "images / s (large batch)", "FID",
+            "precision", "recall", "CLIP score", "prompt accuracy"]
+    return html_table(rows, cols, head, {"seconds_per_image": 4, "images_per_second": 1, "fid": 3, "clip_score": 2,
+                                         "guidance": 1}, table_id="table2")
+
+
+def targets_html(root: Path = Path(".")) -> str:
+    """The evaluation issue's targets: value, bar, met."""
+    ev = json.loads((root / REPORTS / "metrics" / "evaluate.json").read_text())
+    rows = [{"target": k, "value": v["value"], "bar": v["bar"], "met": "yes" if v["met"] else "NO"}
+            for k, v in ev["targets"].items()]
+    return (html_table(rows, ["target", "value", "bar", "met"], table_id="targets") +
+            f"<p>{ev['targets_met']} of {ev['targets_total']} targets met. FID noise floor (two disjoint halves of "
+            f"the reference split): {ev['fid_floor_split_halves']:.3f}; {ev['num_samples']} samples per row, "
+            f"{H.escape(ev['fid_features'])} features, CLIP score with the {H.escape(ev['clip_model'])}.</p>")
+
+
+def table1_html(order: list[str] | None = None, root: Path = Path(".")) -> str:
+    """Table 1 at this scale: one table per ablation (in ``order``, params.yaml's), mean ± std over seeds, the
+    paper's FID, the sentence."""
+    from .ablations import TITLES, _cell
+
+    t1 = json.loads((root / REPORTS / "ablations" / "table1.json").read_text())
+    parts = []
+    for name in order or list(t1):
+        t = t1[name]
+        rows = [{"row": r["row"], "seeds": r["seeds"], "fid": _cell(r, "fid", 2), "precision": _cell(r, "precision", 3),
+                 "recall": _cell(r, "recall", 3), "clip_score": _cell(r, "clip_score", 2),
+                 "prompt_accuracy": _cell(r, "prompt_accuracy", 3),
+                 "paper_fid": "-" if r.get("paper_fid") is None else f"{r['paper_fid']:g}"} for r in t["rows"]]
+        parts.append(f"<h3>{H.escape(TITLES.get(name, name))}</h3>" + html_table(
+            rows, ["row", "seeds", "fid", "precision", "recall", "clip_score", "prompt_accuracy", "paper_fid"],
+            ["row", "seeds", "FID", "precision", "recall", "CLIP score", "prompt accuracy", "paper's FID (COCO)"],
+            table_id=f"table1-{name}") + f"<p>{H.escape(t['sentence'])}</p>")
+    return "\n".join(parts)
+
+
+def links_html(pages: dict[str, Path]) -> str:
+    """Links to the per-stage pages (rendered beside the index by render_site)."""
+    items = "".join(f'<li><a href="stages/{H.escape(n)}.html">{H.escape(n)}</a></li>' for n, p in pages.items()
+                    if Path(p).is_file())
+    return f'<ul id="stage-pages">{items}</ul>'
+
+
+def _number(v: str):
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v else f
+
+
+def run_report(raw: dict, root: Path = Path(".")) -> dict:
+    """Table 1 from the ablation runs' metrics (reports/ablations/table1.json, reports/tables/table1.md and a
+    figure); the notebook then lays out the page and the runner renders it (report.py)."""
+    from . import ablations as A
+    from . import config as C
+    from . import plots
+    from .stages import REPORTS, write_json
+
+    cfg = C.parse(raw).ablations
+    results = {}
+    for run in cfg.runs:
+        m = json.loads((root / REPORTS / "ablations" / "runs" / run / "metrics.json").read_text())
+        results[run] = {int(k): v for k, v in m["seeds"].items()}
+    table1 = A.summarise(cfg, results)
+    write_json(root / REPORTS / "ablations" / "table1.json", table1)
+    tables = root / REPORTS / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    (tables / "table1.md").write_text(A.markdown(table1))
+    plots.ablation_bars(table1, root / REPORTS / "ablations" / "table1.png",
+                        f"Table 1 at this scale: 1-step FID per ablation row ({cfg.steps} steps, "
+                        f"batch {cfg.batch_size}; bars: mean, whiskers: std over seeds)")
+    return table1
 
 
 def find_chromium() -> str | None:

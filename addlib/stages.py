@@ -8,12 +8,14 @@ passing the params sections as papermill parameters. If the notebook fails, the 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,7 +39,10 @@ STAGE_SECTIONS = {
     "add": ["seed", "data", "text_encoder", "teacher", "features", "add"],
     "evaluators": ["seed", "data", "text_encoder", "evaluators"],
     "evaluate": ["seed", "data", "text_encoder", "teacher", "add", "evaluators", "evaluate"],
+    "ablation": ["seed", "data", "text_encoder", "teacher", "features", "add", "evaluators", "evaluate", "ablations"],
+    "report": ["seed", "data", "text_encoder", "teacher", "features", "add", "evaluators", "evaluate", "ablations"],
 }
+FOREACH = {"ablation": "run"}  # stages that dvc.yaml generates once per key (ablation@<run>): the CLI flag
 
 
 def code_version(root: Path = Path(".")) -> str:
@@ -196,11 +201,12 @@ def extend_cache(cache: TextCache, prompts: list[str], text_cfg: C.TextEncoderCo
 
 
 def build_discriminator(feat_cfg: C.FeatureNetConfig, disc_cfg: C.DiscriminatorConfig, channels: int,
-                        c_text_dim: int, root: Path = Path("."), seed: int = 0):
+                        c_text_dim: int, root: Path = Path("."), seed: int = 0, features_dir: Path | None = None):
+    """D: the frozen F (the features stage's weights, or those in ``features_dir``) and trainable heads."""
     from .discriminator import Discriminator, FeatureNetwork
     from .pretrain import load_backbone
 
-    backbone = load_backbone(feat_cfg, channels, root / MODELS / "features", seed)
+    backbone = load_backbone(feat_cfg, channels, features_dir or root / MODELS / "features", seed)
     fn = FeatureNetwork(backbone, feat_cfg.taps, feat_cfg.tap_patch_embed)
     return Discriminator(fn, c_text_dim, disc_cfg.c_text, disc_cfg.c_img, disc_cfg.cmap_dim, disc_cfg.group_size)
 
@@ -297,36 +303,38 @@ def run_evaluators(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderCon
     return metrics
 
 
-def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, teacher_cfg: C.TeacherConfig,
-                 add_cfg: C.ADDConfig, ev_cfg: C.EvaluatorsConfig, cfg: C.EvaluateConfig, root: Path = Path("."),
-                 progress: bool = True) -> dict:
-    """Table 2 and Figures 4 and 7: the teacher's solvers against the ADD student (see evaluation.py)."""
-    import csv
+@dataclasses.dataclass
+class Scoring:
+    """What scores generated images against the reference split (the evaluate stage's rows and the ablations)."""
+    ref: D.Dataset                # FID reference split; test prompts are drawn from its captions
+    sel: D.Dataset                # the other split: guidance selection
+    feat_fn: Any                  # images -> FID / precision-recall features
+    feat_name: str
+    ref_feats: torch.Tensor
+    sel_feats: torch.Tensor
+    scorer: Any                   # evaluation.Scorer
+    clip_text: Any                # real CLIP's text tower, or None (the cache's pooled MiniLM embeddings)
 
-    from diffusers import UNet2DConditionModel
+    def prompts_for(self, split: D.Dataset, n: int, seed: int, cache: TextCache):
+        from . import evaluation as E
 
+        p = E.draw_prompts(split.captions, split.labels, cache, n, seed)
+        if self.clip_text is not None:
+            p.text_emb = torch.cat([self.clip_text(p.captions[i:i + 256]) for i in range(0, len(p), 256)])
+        return p
+
+
+def scoring(ds: D.Dataset, cache: TextCache, ev_cfg: C.EvaluatorsConfig, cfg: C.EvaluateConfig,
+            root: Path = Path(".")) -> Scoring:
+    """The metrics' networks (the evaluators stage's, or Inception / CLIP from local files) and the reference
+    features: FID and precision/recall features, CLIP score's image tower, prompt accuracy's classifier."""
     from . import evaluation as E
     from .evaluators import clip_model_towers, inception_features, load_evaluator
-    from .metrics import extract, fid_from_features, split_halves_fid
-    from .latent import load_teacher
-    from .sampling import initial_noise, unet_input_shape
-    from .training import set_threads
+    from .metrics import extract
 
-    from accelerate import Accelerator
-
-    set_threads(cfg.num_threads)
-    acc = Accelerator()  # one process in the pipeline; under `accelerate launch` the sampling is split
-    ds, cache = load_prepared(root)
-    cache = extend_cache(cache, add_cfg.sample_prompts, text_cfg)
     ref = ds.subset(D.TRAIN if cfg.reference == "train" else D.HOLDOUT)
     sel = ds.subset(D.HOLDOUT if cfg.reference == "train" else D.TRAIN)
-    out = root / REPORTS / "evaluate"
-    ev_dir = root / MODELS / "evaluators"
-    shape = tuple(ds.images.shape[1:])
-    bundle = load_teacher(teacher_cfg, root / MODELS / "teacher")
-    schedule, space, teacher = bundle.schedule, bundle.space, bundle.unet.eval()
-    noise_shape = unet_input_shape(teacher)  # latent-shaped for latent teachers
-    # Evaluator networks (or the standard ones from local files).
+    ev_dir, shape = root / MODELS / "evaluators", tuple(ds.images.shape[1:])
     n_classes = int(ds.labels.max()) + 1
     classifier = load_evaluator("classifier", ev_cfg.classifier, shape[0], n_classes, ev_dir) if has_labels(ref) else None
     if cfg.inception:
@@ -339,18 +347,41 @@ def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfi
     if cfg.clip:
         image_emb, clip_text = clip_model_towers(cfg.clip)
     else:
-        tower = load_evaluator("clip", ev_cfg.clip, shape[0], cache.pooled.shape[1], ev_dir)
-        image_emb, clip_text = tower, None
+        image_emb, clip_text = load_evaluator("clip", ev_cfg.clip, shape[0], cache.pooled.shape[1], ev_dir), None
     classify = (lambda x: classifier(x).argmax(1)) if classifier is not None else None
     ref_feats, sel_feats = extract(feat_fn, ref.pixels()), extract(feat_fn, sel.pixels())
     scorer = E.Scorer(feat_fn, image_emb, classify, ref_feats, cfg.pr_k, pr_seed=cfg.seed)
-    floor = split_halves_fid(ref_feats, seed=cfg.seed)
+    return Scoring(ref, sel, feat_fn, feat_name, ref_feats, sel_feats, scorer, clip_text)
 
-    def prompts_for(split, n, s):
-        p = E.draw_prompts(split.captions, split.labels, cache, n, s)
-        if clip_text is not None:
-            p.text_emb = torch.cat([clip_text(p.captions[i:i + 256]) for i in range(0, len(p), 256)])
-        return p
+
+def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, teacher_cfg: C.TeacherConfig,
+                 add_cfg: C.ADDConfig, ev_cfg: C.EvaluatorsConfig, cfg: C.EvaluateConfig, root: Path = Path("."),
+                 progress: bool = True) -> dict:
+    """Table 2 and Figures 4 and 7: the teacher's solvers against the ADD student (see evaluation.py)."""
+    import csv
+
+    from diffusers import UNet2DConditionModel
+
+    from . import evaluation as E
+    from .metrics import extract, fid_from_features, split_halves_fid
+    from .latent import load_teacher
+    from .sampling import initial_noise, unet_input_shape
+    from .training import set_threads
+
+    from accelerate import Accelerator
+
+    set_threads(cfg.num_threads)
+    acc = Accelerator()  # one process in the pipeline; under `accelerate launch` the sampling is split
+    ds, cache = load_prepared(root)
+    cache = extend_cache(cache, add_cfg.sample_prompts, text_cfg)
+    out = root / REPORTS / "evaluate"
+    bundle = load_teacher(teacher_cfg, root / MODELS / "teacher")
+    schedule, space, teacher = bundle.schedule, bundle.space, bundle.unet.eval()
+    noise_shape = unet_input_shape(teacher)  # latent-shaped for latent teachers
+    sc = scoring(ds, cache, ev_cfg, cfg, root)
+    ref, sel, feat_fn, ref_feats, sel_feats = sc.ref, sc.sel, sc.feat_fn, sc.ref_feats, sc.sel_feats
+    prompts_for = lambda split, n, seed: sc.prompts_for(split, n, seed, cache)  # noqa: E731
+    floor = split_halves_fid(ref_feats, seed=cfg.seed)
 
     test_prompts = prompts_for(ref, cfg.num_samples, cfg.seed)
     test_noise = initial_noise(cfg.num_samples, noise_shape, cfg.seed)
@@ -373,7 +404,7 @@ def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfi
              "guidance": gen.guidance,
              "seconds_per_image": E.seconds_per_image_batch1(gen, test_prompts, test_noise, cfg.speed_repeats),
              "images_per_second": throughput if throughput is not None else float("nan"),
-             **scorer(images, test_prompts)}
+             **sc.scorer(images, test_prompts)}
         rows.append(r)
         print(f"{r['model']:8s} {r['sampler']:12s} {r['steps']:3d} steps  w={r['guidance']:<4g} NFE {r['nfe']:3d}  "
               f"FID {r['fid']:8.3f}  P {r['precision']:.3f}  R {r['recall']:.3f}  CLIP {r['clip_score']:.2f}  "
@@ -424,14 +455,14 @@ def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfi
         w.writerows(rows)
     (tables / "comparison.md").write_text(E.markdown_table(rows))
     targets = E.check_targets(rows)
-    result = {"fid_features": feat_name, "clip_model": "transformers CLIP" if cfg.clip else "in-domain image tower",
+    result = {"fid_features": sc.feat_name, "clip_model": "transformers CLIP" if cfg.clip else "in-domain image tower",
               "reference": cfg.reference, "reference_images": len(ref), "num_samples": cfg.num_samples,
               "fid_floor_split_halves": floor, "student_fid_over_seeds": seed_fids, "teacher_guidance": guidance,
               "rows": {f"{r['model']}/{r['sampler']}/{r['steps']}": r for r in rows}, "targets": targets,
               "targets_met": sum(t["met"] for t in targets.values()), "targets_total": len(targets)}
     write_json(root / REPORTS / "metrics" / "evaluate.json", result)
     plots.fid_vs_nfe(rows, floor, out / "fid_vs_nfe.png",
-                     f"FID vs NFE ({cfg.num_samples} samples, {feat_name} features)")
+                     f"FID vs NFE ({cfg.num_samples} samples, {sc.feat_name} features)")
     plots.quality_vs_time(rows, out / "quality_vs_time.png", "quality against sampling time (batch 1, this machine)")
     # Figure 4: the same prompts and noise for teacher and student.
     k = cfg.grid_per_prompt
@@ -465,16 +496,23 @@ def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfi
 # The runner DVC calls.
 
 
-def stage_outputs(stage: str, root: Path) -> list[Path]:
-    """The stage's declared outs, metrics and plots, read from dvc.yaml (the one place they are listed)."""
+def stage_outputs(stage: str, root: Path, key: str | None = None) -> list[Path]:
+    """The stage's declared outs, metrics and plots, read from dvc.yaml (the one place they are listed);
+    for a ``foreach`` stage, those of the instance ``key`` (``${key}`` filled in)."""
     import yaml
 
     spec = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]
+    spec = spec.get("do", spec)
     paths = []
-    for key in ("outs", "metrics", "plots"):
-        for item in spec.get(key, []):
-            paths.append(root / (item if isinstance(item, str) else next(iter(item))))
+    for k in ("outs", "metrics", "plots"):
+        for item in spec.get(k, []):
+            path = item if isinstance(item, str) else next(iter(item))
+            paths.append(root / (path.replace("${key}", key) if key is not None else path))
     return paths
+
+
+def executed_path(stage: str, root: Path, key: str | None = None) -> Path:
+    return root / EXECUTED / (f"ablations/{key}.ipynb" if stage == "ablation" else f"{stage}.ipynb")
 
 
 def remove_outputs(paths: list[Path]) -> None:
@@ -500,23 +538,33 @@ def ensure_kernel() -> None:
     install(kernel_name=KERNEL, display_name="Python (addlib)", prefix=sys.prefix)
 
 
-def check_stage(stage: str, params_path: Path, root: Path) -> dict:
+def check_stage(stage: str, params_path: Path, root: Path, key: str | None = None) -> dict:
     """Validate params.yaml and the stage's inputs; return the raw sections the notebook gets."""
     raw = C.load_raw(params_path)
     cfg = C.parse(raw, params_path.name)
+    if stage in FOREACH and key not in cfg.ablations.runs:
+        raise C.ConfigError(f"ablations.runs: no run named {key!r} (runs: {', '.join(cfg.ablations.runs)})")
+    if stage == "report":
+        missing = [run for run in cfg.ablations.runs
+                   if not (root / REPORTS / "ablations" / "runs" / run / "metrics.json").is_file()]
+        if missing or not (root / REPORTS / "metrics" / "evaluate.json").is_file():
+            raise C.ConfigError(f"report: results missing ({', '.join(missing) or 'evaluate'}); "
+                                f"run the stages before 'report' first (dvc repro)")
+        return {k: raw[k] for k in STAGE_SECTIONS[stage]}
     if stage == "prepare":
         cfg.data.check_inputs(root)
         cfg.text_encoder.check_inputs(root)
     else:
-        if stage in ("teacher", "add", "evaluate"):
+        if stage in ("teacher", "add", "evaluate", "ablation"):
             cfg.teacher.check_inputs(root)
-        if stage == "features":
+        if stage in ("features", "ablation"):
             cfg.features.check_inputs(root)
-        if stage == "evaluate":
+        if stage in ("evaluate", "ablation"):
             cfg.evaluate.check_inputs(root)
-            for name in ("teacher", "student", "evaluators"):
+            needed = ("teacher", "student", "evaluators") if stage == "evaluate" else ("teacher", "features", "evaluators")
+            for name in needed:
                 if not (root / MODELS / name).is_dir():
-                    raise C.ConfigError(f"{root / MODELS / name}: not found; run the stages before 'evaluate' "
+                    raise C.ConfigError(f"{root / MODELS / name}: not found; run the stages before {stage!r} "
                                         f"first (dvc repro)")
         missing = [p for p in (root / DATA_DIR / "dataset.safetensors", root / DATA_DIR / "text_cache.safetensors")
                    if not p.exists()]
@@ -525,21 +573,24 @@ def check_stage(stage: str, params_path: Path, root: Path) -> dict:
     return {k: raw[k] for k in STAGE_SECTIONS[stage]}
 
 
-def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path = Path(".")) -> int:
+def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path = Path("."),
+              key: str | None = None) -> int:
     import papermill as pm
 
     if stage not in STAGE_SECTIONS:
         print(f"error: unknown stage {stage!r} (one of {', '.join(STAGE_SECTIONS)})", file=sys.stderr)
         return 2
     try:
-        parameters = check_stage(stage, root / params_path, root)
+        parameters = check_stage(stage, root / params_path, root, key)
     except C.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    outputs = stage_outputs(stage, root)
+    if stage in FOREACH:
+        parameters[FOREACH[stage]] = key
+    outputs = stage_outputs(stage, root, key)
     remove_outputs(outputs)
     ensure_kernel()
-    executed = root / EXECUTED / f"{stage}.ipynb"
+    executed = executed_path(stage, root, key)
     executed.parent.mkdir(parents=True, exist_ok=True)
     try:
         pm.execute_notebook(str(root / "notebooks" / f"{stage}.ipynb"), str(executed), parameters=parameters,
@@ -552,19 +603,34 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path = 
         print(f"error: stage {stage!r} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
               f"(executed notebook: {failed})", file=sys.stderr)
         return 1
+    if stage == "report":  # the page is the executed notebook itself, so it is rendered after it ran
+        from .report import render_site
+
+        render_site(executed, stage_notebooks(root, C.load_raw(root / params_path)), root / REPORTS / "html")
     return 0
+
+
+def stage_notebooks(root: Path, raw: dict) -> dict[str, Path]:
+    """Page name -> executed notebook of every stage before the report, in pipeline order."""
+    pages = {s: executed_path(s, root) for s in STAGE_SECTIONS if s not in ("ablation", "report")}
+    pages.update({f"ablation-{run}": executed_path("ablation", root, run) for run in raw["ablations"]["runs"]})
+    return pages
 
 
 BODIES = {"prepare": run_prepare, "teacher": run_teacher, "features": run_features, "add": run_add,
           "evaluators": run_evaluators, "evaluate": run_evaluate}
 
 
-def run_direct(stage: str, params_path: Path = Path("params.yaml"), root: Path = Path(".")) -> int:
+def run_direct(stage: str, params_path: Path = Path("params.yaml"), root: Path = Path("."),
+               key: str | None = None) -> int:
     """The stage body in this process, without the notebook: what ``accelerate launch`` runs on every
     process (``add`` trains data-parallel, ``evaluate`` splits its sampling; the main process writes the
     outputs). The executed notebook is not produced."""
+    if stage not in BODIES:
+        print(f"error: --direct runs {', '.join(BODIES)}; {stage!r} runs through its notebook", file=sys.stderr)
+        return 2
     try:
-        check_stage(stage, root / params_path, root)
+        check_stage(stage, root / params_path, root, key)
         cfg = C.load(root / params_path)
     except C.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -579,12 +645,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m addlib.stages", description="run one pipeline stage")
     ap.add_argument("stage", choices=sorted(STAGE_SECTIONS))
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--run", help="the ablation run (stage ablation: one of params.yaml's ablations.runs)")
     ap.add_argument("--direct", action="store_true",
                     help="run the stage body in this process, without papermill (for `accelerate launch`)")
     args = ap.parse_args(argv)
+    if (args.stage in FOREACH) != (args.run is not None):
+        ap.error(f"--run is needed by (and only by) the stages {', '.join(FOREACH)}")
     if args.direct:
-        return run_direct(args.stage, Path(args.params))
-    return run_stage(args.stage, Path(args.params))
+        return run_direct(args.stage, Path(args.params), key=args.run)
+    return run_stage(args.stage, Path(args.params), key=args.run)
 
 
 if __name__ == "__main__":

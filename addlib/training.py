@@ -454,6 +454,7 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
         "perceptual": lambda a, b: losses.distance_perceptual(a, b, d_raw.features),
     }[cfg.distance]
     lo, hi = cfg.teacher_t_range
+    T = schedule.cfg.num_train_timesteps
     # Text states of the empty prompt (row 0) and of NFSD's negative prompt, one row each.
     empty_1 = tuple(a.to(dev) for a in text[torch.tensor([0])][:2])
     negative_1 = tuple(a.to(dev) for a in text[torch.tensor([negative_row])][:2])
@@ -483,11 +484,14 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
         s_all = tau[torch.randint(0, len(tau), (B,), generator=g)]
         eps_all = torch.randn((B, *latent_shape), generator=g)
         t_all = torch.randint(lo, hi + 1, (B,), generator=g)
+        if cfg.teacher_t_at_most_s:  # same draw, rescaled into [lo, min(hi, s)] where the input has noise
+            top = torch.where(s_all < T - 1, s_all.clamp(lo, hi), torch.full_like(s_all, hi))
+            t_all = lo + (t_all - lo) * (top - lo + 1) // (hi - lo + 1)
         eps2_all = torch.randn((B, *latent_shape), generator=g)
         g_aug = step_generator(seed, step, stream=1)
-        aug_g = disc.draw_augment(B, *pixel_shape, g_aug, **augment) if cfg.lambda_adv > 0 else None
-        aug_real = disc.draw_augment(B, *pixel_shape, g_aug, **augment) if cfg.lambda_adv > 0 else None
-        aug_fake = disc.draw_augment(B, *pixel_shape, g_aug, **augment) if cfg.lambda_adv > 0 else None
+        # Augmentation parameters for the generator's fakes, D's reals and D's fakes (in that order).
+        aug_g, aug_real, aug_fake = ([disc.draw_augment(B, *pixel_shape, g_aug, **augment) for _ in range(3)]
+                                     if cfg.lambda_adv > 0 else [None] * 3)
         rows_of = lambda p, r: {k: v[r] for k, v in p.items()}  # noqa: E731
         sums: dict[str, float] = {}
         kept = []  # per micro-batch: what the discriminator update needs
@@ -608,7 +612,7 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
     if save and accelerator.is_main_process and run["end"] == tc.steps:
         ema_model.save_pretrained(out_dir, safe_serialization=True)
     return {"steps": run["end"], "resumed_from_step": run["start"], "train_seconds": run["train_seconds"],
-            "images_per_second": run["end"] * tc.batch_size / run["train_seconds"],
+            "images_per_second": run["end"] * tc.batch_size / max(run["train_seconds"], 1e-9),
             "history": run["history"], "student": ema_model, "main_process": accelerator.is_main_process}
 
 

@@ -1,6 +1,6 @@
-"""The ablation catalogue (not yet wired into the pipeline): parsing with one-line errors, one run shared by
+"""The ablation catalogue (params.yaml's ablations section): parsing with one-line errors, one run shared by
 several sub-tables, each run's params valid through the normal config path, and the summary tables (means
-and spreads by hand, the ordering sentence against the paper's numbers)."""
+and spreads by hand, the ordering sentence against the paper's numbers, the markdown)."""
 import pytest
 import yaml
 
@@ -24,8 +24,12 @@ tables:
 """)
 
 
+def parse(catalogue):
+    return C.from_dict(C.AblationsConfig, catalogue, "ablations")
+
+
 def test_parse_and_shared_runs():
-    cfg = A.parse(CATALOGUE)
+    cfg = parse(CATALOGUE)
     assert cfg.runs["base"].seeds == [0, 1, 2] and cfg.runs["l1"].overrides == {"add": {"distance": "l1"}}
     shared = [t for t, rows in cfg.tables.items() if "base" in rows.values()]
     assert shared == ["distance", "loss", "conditioning"]  # trained once, read by three sub-tables
@@ -33,9 +37,11 @@ def test_parse_and_shared_runs():
 
 @pytest.mark.parametrize("change,message", [
     (lambda c: c["tables"]["loss"].update({"nfsd": "missing"}), "tables.loss.nfsd: no run named 'missing'"),
-    (lambda c: c["runs"].update({"orphan": {"seeds": [0]}}), "runs: runs in no table: orphan"),
-    (lambda c: c["runs"]["l1"].update({"seeds": [0, 0]}), "runs.l1.seeds: needs distinct seeds"),
-    (lambda c: c["runs"]["l1"].update({"sedes": [1]}), r"runs.l1: expected \{seeds"),
+    (lambda c: c["runs"].update({"orphan": {"seeds": [0], "overrides": {}}}), "runs: runs in no table: orphan"),
+    (lambda c: c["runs"]["l1"].update({"seeds": [0, 0]}), "runs.l1.seeds: needs at least one seed, all distinct"),
+    (lambda c: c["runs"]["l1"].update({"sedes": [1]}), "runs.l1.sedes: unknown key"),
+    (lambda c: c["runs"]["l1"].update({"overrides": {"seed": 3}}), "runs.l1.overrides: may not set 'seed'"),
+    (lambda c: c["runs"].update({"a/b": {"seeds": [0], "overrides": {}}}), "runs.a/b: run names become"),
     (lambda c: c.update({"step": 3}), "ablations.step: unknown key"),
 ])
 def test_bad_catalogues_are_one_line_errors(change, message):
@@ -44,25 +50,37 @@ def test_bad_catalogues_are_one_line_errors(change, message):
     raw = copy.deepcopy(CATALOGUE)
     change(raw)
     with pytest.raises(C.ConfigError, match=message):
-        A.parse(raw)
+        parse(raw)
 
 
 def test_each_run_is_valid_params_with_the_budget(root):
-    cfg = A.parse(CATALOGUE)
-    raw = C.load_raw(root / "params.yaml")
+    raw = {**C.load_raw(root / "params.yaml"), "ablations": CATALOGUE}
+    cfg = C.parse(raw).ablations
     for name, run in cfg.runs.items():
         for seed in run.seeds:
-            p = C.parse(A.run_params(raw, cfg, name, seed))
+            p = C.parse_run(raw, name, seed)
             assert p.seed == seed and p.add.train.steps == 150 and p.add.train.batch_size == 64
-    assert C.parse(A.run_params(raw, cfg, "l1", 0)).add.distance == "l1"
-    assert not C.parse(A.run_params(raw, cfg, "no_cond", 0)).add.discriminator.c_img
-    bad = A.parse({**CATALOGUE, "runs": {**CATALOGUE["runs"], "l1": {"seeds": [0], "overrides": {"add": {"distance": "l3"}}}}})
-    with pytest.raises(C.ConfigError, match="add.distance"):
-        C.parse(A.run_params(raw, bad, "l1", 0))
+            assert p.add.train.sample_every == 0
+    assert C.parse_run(raw, "l1", 0).add.distance == "l1"
+    assert not C.parse_run(raw, "no_cond", 0).add.discriminator.c_img
+    # a bad override is a one-line error when params.yaml is read, before any stage computes
+    bad = {**raw, "ablations": {**CATALOGUE, "runs": {**CATALOGUE["runs"],
+                                                      "l1": {"seeds": [0], "overrides": {"add": {"distance": "l3"}}}}}}
+    with pytest.raises(C.ConfigError, match=r"ablations.runs.l1.overrides.add.distance: 'l3' is not one of"):
+        C.parse(bad, "params.yaml")
+
+
+def test_the_committed_catalogue_covers_the_issue(root):
+    """Distance metrics with three seeds each, and every Table 1 sub-table the ablation issue names."""
+    cfg = C.load(root / "params.yaml").ablations
+    assert {"distance", "loss", "features", "conditioning", "init", "teacher_steps"} <= set(cfg.tables)
+    dist = cfg.tables["distance"]
+    assert set(dist) == {"mse", "l1", "pseudo_huber", "perceptual"}
+    assert all(len(cfg.runs[r].seeds) >= 3 for r in dist.values())
 
 
 def test_summary_means_spreads_and_the_ordering_sentence():
-    cfg = A.parse(CATALOGUE)
+    cfg = parse(CATALOGUE)
     res = {"base": {0: {"fid": 2.0, "recall": 0.6}, 1: {"fid": 3.0, "recall": 0.7}, 2: {"fid": 4.0, "recall": 0.8}},
            "l1": {0: {"fid": 5.0}, 1: {"fid": 5.0}, 2: {"fid": 8.0}},
            "adv_only": {0: {"fid": 2.5}}, "distill_only": {0: {"fid": 40.0}}, "no_cond": {0: {"fid": 1.0}}}
@@ -78,3 +96,6 @@ def test_summary_means_spreads_and_the_ordering_sentence():
     assert out["conditioning"]["ordering_matches_paper"] is False
     res["no_cond"][0]["fid"] = 9.0
     assert A.summarise(cfg, res)["conditioning"]["ordering_matches_paper"] is True
+    md = A.markdown(A.summarise(cfg, res))
+    assert "| mse | 3 | 3.00 ± 1.00 |" in md and "| l1 | 3 | 6.00 ± 1.73 |" in md and "| 20.6 |" in md
+    assert md.count("### ") == 3 and "| none | 1 | 9.00 |" in md
