@@ -84,6 +84,24 @@ def test_conditioning_off_runs(tmp_path, smoke_params, tiny_data):
     assert "loss_D" in _run(add, smoke_params, ds, cache, teacher, disc, tmp_path)["history"][-1]
 
 
+@pytest.mark.parametrize("at_most_s", [True, False])
+def test_teacher_timestep_of_the_distillation_target(tmp_path, smoke_params, tiny_data, at_most_s):
+    """add.teacher_t_at_most_s: a student input at s = 249 is re-noised for the teacher at t in [20, 249];
+    without it t ~ U[20, 980] (the teacher sees t > 249: 48 draws all <= 249 has probability ~1e-30)."""
+    add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data, student_timesteps=[249],
+                                           teacher_t_at_most_s=at_most_s)
+    add = dataclasses.replace(add, train=dataclasses.replace(add.train, batch_size=16))
+    seen = []
+    teacher.register_forward_pre_hook(lambda module, args: seen.append(args[1].flatten()))
+    _run(add, smoke_params, ds, cache, teacher, disc, tmp_path)
+    t = torch.cat(seen)  # the student is a copy of the teacher (hook included): its calls are at s = 249
+    assert len(t) >= 3 * 16 and int(t.min()) >= add.teacher_t_range[0] == 20
+    if at_most_s:
+        assert int(t.max()) <= 249 and len(set(t.tolist())) > 10  # spread over [20, 249], not pinned
+    else:
+        assert int(t.max()) > 249
+
+
 def test_teacher_x0_one_step_is_the_v_conversion(smoke_params, tiny_data):
     from addlib.diffusion import NoiseSchedule
     _, _, cache, teacher, _ = _setup(smoke_params, tiny_data)

@@ -1,5 +1,7 @@
 """End to end: `dvc repro` of the smoke profile in a temporary copy of the repository runs every stage
-through papermill and writes the expected files and metrics; a second `dvc repro` has nothing to do."""
+through papermill (the ablation runs generated from params.yaml and the report included) and writes the
+expected files and metrics; the report page holds every table and draws in headless Chromium; a second
+`dvc repro` has nothing to do."""
 import csv
 import json
 import math
@@ -84,7 +86,8 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert len(list((repo / "reports/add/progress").glob("step_*.png"))) == 1  # sample_every: 2 of 3 steps
 
     lock = (repo / "dvc.lock").read_text()
-    assert all(f"{s}:" in lock for s in ["prepare", "teacher", "features", "add", "evaluators", "evaluate"])
+    assert all(f"{s}:" in lock for s in ["prepare", "teacher", "features", "add", "evaluators", "evaluate", "report"])
+    _check_ablations_and_report(repo, r.stdout, tmp_path)
     r = _sh([str(BIN / "dvc"), "repro"], repo, env)
     assert "Running stage" not in r.stdout
     r = _sh([str(BIN / "dvc"), "status"], repo, env)
@@ -136,3 +139,52 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     ev2 = json.loads((repo / "reports/metrics/evaluate.json").read_text())
     assert set(ev2["rows"]) == {f"{m}/{s}/{k}" for m, s, k in expected}
     assert all(math.isfinite(r["fid"]) for r in ev2["rows"].values())
+
+
+def _check_ablations_and_report(repo: Path, log: str, tmp_path: Path) -> None:
+    """One stage per ablation run in params.yaml, each with its seeds scored; Table 1 with every sub-table;
+    the index page holds Table 1's and Table 2's tables, links the stage pages, and Chromium draws it."""
+    import re
+
+    from PIL import Image
+
+    from addlib import report as R
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())["ablations"]
+    assert params["steps"] == 2 and params["eval_samples"] == 16  # the smoke budget
+    for run, spec in params["runs"].items():
+        assert f"Running stage 'ablation@{run}'" in log, run
+        m = json.loads((repo / f"reports/ablations/runs/{run}/metrics.json").read_text())
+        assert m["steps"] == 2 and [int(k) for k in m["seeds"]] == spec["seeds"]
+        for seed in m["seeds"].values():
+            assert seed["steps"] == 2 and all(math.isfinite(seed[k]) for k in
+                                              ["fid", "precision", "recall", "clip_score", "prompt_accuracy"])
+        assert (repo / f"reports/ablations/runs/{run}/samples.png").is_file()
+        assert (repo / f"reports/executed/ablations/{run}.ipynb").is_file()
+    # the F-architecture run pretrained its own F; the random-F run did not
+    assert "feature_network_pretraining" in json.loads((repo / "reports/ablations/runs/f_smaller/metrics.json").read_text())
+    assert "feature_network_pretraining" not in json.loads((repo / "reports/ablations/runs/f_random/metrics.json").read_text())
+    resolved = json.loads((repo / "reports/ablations/runs/l1/config.json").read_text())["config"]
+    assert {k: v["add"]["distance"] for k, v in resolved.items()} == {"seed 0": "l1", "seed 1": "l1", "seed 2": "l1"}
+
+    table1 = json.loads((repo / "reports/ablations/table1.json").read_text())
+    assert set(table1) == set(params["tables"])
+    for name, t in table1.items():
+        assert [r["row"] for r in t["rows"]] == list(params["tables"][name]) and t["sentence"]
+    assert [r["seeds"] for r in table1["distance"]["rows"]] == [3, 3, 3, 3]
+    md = (repo / "reports/tables/table1.md").read_text()
+    assert md.count("### ") == len(params["tables"])
+    assert (repo / "reports/ablations/table1.png").is_file()
+
+    page = (repo / "reports/html/index.html").read_text()
+    ids = set(re.findall(r'<table id="([^"]+)"', page))
+    assert {"table2", "targets", "networks"} | {f"table1-{name}" for name in params["tables"]} <= ids
+    assert "def " not in page and "import " not in page  # rendered without code
+    assert page.count("data:image/png;base64,") >= 10  # figures inside the page
+    linked = re.findall(r'href="(stages/[^"]+\.html)"', page)
+    assert "stages/evaluate.html" in linked and "stages/ablation-default.html" in linked
+    assert all((repo / "reports/html" / ln).is_file() for ln in linked)
+    assert (repo / "reports/html/stages/style.css").is_file()
+    png = R.screenshot(repo / "reports/html/index.html", tmp_path / "index.png", width=1280, height=2400)
+    im = Image.open(png).convert("RGB")
+    assert im.size == (1280, 2400) and len(im.getcolors(maxcolors=1 << 20)) > 50  # drawn, not blank

@@ -45,3 +45,26 @@ def test_missing_image_folder(tmp_path, root):
 def test_teacher_before_prepare(tmp_path, root):
     cwd = _project(tmp_path, root, lambda raw: None)
     _assert_clean_failure(_run(cwd, "teacher"), cwd, "run the 'prepare' stage first")
+
+
+def _run_args(cwd, *args):
+    return subprocess.run([sys.executable, "-m", "addlib.stages", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_ablation_run_names_and_overrides(tmp_path, root):
+    cwd = _project(tmp_path, root, lambda raw: None)
+    _assert_clean_failure(_run_args(cwd, "ablation", "--run", "nope"), cwd, "ablations.runs: no run named 'nope'")
+    r = _run_args(cwd, "ablation")  # the run is required (argparse's usage message, exit 2)
+    assert r.returncode == 2 and "--run is needed" in r.stderr
+    _assert_clean_failure(_run_args(cwd, "ablation", "--run", "default"), cwd,
+                          "models/teacher: not found; run the stages before 'ablation' first")
+    (tmp_path / "bad").mkdir()
+    bad = _project(tmp_path / "bad", root, lambda raw: raw["ablations"]["runs"]["l1"]["overrides"]["add"].update(
+        distance="l3"))
+    _assert_clean_failure(_run(bad, "prepare"), bad, "ablations.runs.l1.overrides.add.distance: 'l3' is not one of")
+
+
+def test_report_before_the_ablations(tmp_path, root):
+    cwd = _project(tmp_path, root, lambda raw: None)
+    _assert_clean_failure(_run(cwd, "report"), cwd, "report: results missing")
