@@ -46,7 +46,7 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     _sh(git + ["commit", "-qm", "smoke"], repo, env)
 
     r = _sh([str(BIN / "dvc"), "repro"], repo, env)
-    for stage in ["prepare", "teacher", "features", "add", "evaluators", "evaluate"]:
+    for stage in ["prepare", "teacher", "features", "add", "evaluators", "evaluate", "diagnose"]:
         assert f"Running stage '{stage}'" in r.stdout, stage
 
     card = json.loads((repo / "reports/data/card.json").read_text())
@@ -86,7 +86,17 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert len(list((repo / "reports/add/progress").glob("step_*.png"))) == 1  # sample_every: 2 of 3 steps
 
     lock = (repo / "dvc.lock").read_text()
-    assert all(f"{s}:" in lock for s in ["prepare", "teacher", "features", "add", "evaluators", "evaluate", "report"])
+    assert all(f"{s}:" in lock for s in ["prepare", "teacher", "features", "add", "evaluators", "evaluate", "diagnose",
+                                         "report"])
+    # diagnose: the sampler cut after each student step, and one call at each student timestep for both networks
+    diag = json.loads((repo / "reports/diagnostics/diagnostics.json").read_text())
+    ts = diag["student_timesteps"]
+    expected = {f"trace/{j + 1}/t{t}" for j, t in enumerate(ts)} | {"data"} | \
+        {f"denoise/{n}/t{t}" for n in ("student", "teacher") for t in ts}
+    assert set(diag["rows"]) == expected and diag["samples"] == yaml.safe_load(
+        (root / "profiles/smoke.yaml").read_text())["evaluate"]["num_samples"]
+    assert all(math.isfinite(r["fid"]) and 0 <= r["prompt_accuracy"] <= 1 for r in diag["rows"].values())
+    assert (repo / "reports/diagnostics/refinement.png").is_file() and (repo / "reports/diagnostics/denoise.png").is_file()
     _check_ablations_and_report(repo, r.stdout, tmp_path)
     r = _sh([str(BIN / "dvc"), "repro"], repo, env)
     assert "Running stage" not in r.stdout
