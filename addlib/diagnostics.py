@@ -51,7 +51,7 @@ def denoise_from_data(unet, schedule: NoiseSchedule, x0: torch.Tensor, states: t
         z_s = schedule.add_noise(z0, torch.randn(z0.shape, generator=g).to(device, dtype), t)
         out = unet(z_s, t, encoder_hidden_states=states[i:i + batch_size].to(device, dtype),
                    encoder_attention_mask=mask[i:i + batch_size].to(device, dtype)).sample
-        noisy.append(decode(space, z_s) if space is not None else z_s.float().clamp(-1, 1).cpu())
+        noisy.append(decode(space, z_s))
         pred.append(decode(space, schedule.x0_from_output(z_s, out, t)))
     return torch.cat(noisy), torch.cat(pred)
 
@@ -67,7 +67,7 @@ def run_diagnostics(student_dir: Path, out: Path, samples: int | None = None, se
     from .plots import image_grid
     from .latent import load_teacher
     from .sampling import initial_noise, unet_input_shape
-    from .stages import MODELS, code_version, extend_cache, load_prepared, scoring, write_json
+    from .stages import MODELS, code_version, load_prepared, scoring, write_json
     from .training import set_threads
 
     p = C.load(root / params)
@@ -75,7 +75,6 @@ def run_diagnostics(student_dir: Path, out: Path, samples: int | None = None, se
     seed = p.evaluate.seed if seed is None else seed
     set_threads(p.evaluate.num_threads)
     ds, cache = load_prepared(root)
-    cache = extend_cache(cache, p.add.sample_prompts, p.text_encoder)
     bundle = load_teacher(p.teacher, root / MODELS / "teacher")
     schedule, space, teacher = bundle.schedule, bundle.space, bundle.unet.eval()
     student = UNet2DConditionModel.from_pretrained(student_dir).eval()
