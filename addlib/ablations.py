@@ -125,29 +125,31 @@ def run_ablation(run: str, raw: dict, root: Path = Path("."), progress: bool = T
     train = ds.subset(D.TRAIN)
     work = root / CHECKPOINTS / "ablations" / run
     out = root / REPORTS / "ablations" / "runs" / run
+    # What does not change with the seed: the run's params (but for the seed), its caption cache, the teacher,
+    # its pretrained F (one per run, pretrained with the params' seed like the features stage) and the scoring.
+    p0 = C.parse_run(raw, run, spec.seeds[0])
+    features_dir, pretrained_f = None, None
+    if p0.features != base.features and p0.features.source == "in_domain" and p0.features.pretrain.objective != "none":
+        features_dir = work / "features"
+        pretrained_f = pretrain_features(p0.features, base.seed, train.pixels(), features_dir,
+                                         work / "features_checkpoints", progress=progress)
+        pretrained_f = {k: pretrained_f[k] for k in ("steps", "train_seconds")}
+    cache_p = extend_cache(cache, p0.add.sample_prompts + [p0.add.nfsd_negative_prompt], p0.text_encoder)
+    negative_row = int(cache_p.rows([p0.add.nfsd_negative_prompt])[0])
+    teacher = load_teacher(p0.teacher, root / MODELS / "teacher")
+    sc = scoring(ds, cache_p, p0.evaluators, p0.evaluate, root)
+    prompts = sc.prompts_for(sc.ref, ab.eval_samples, p0.evaluate.seed, cache_p)
+    noise = initial_noise(ab.eval_samples, unet_input_shape(teacher.unet), p0.evaluate.seed)
     per_seed, resolved = {}, {}
-    features_dir, sc, pretrained_f = None, None, None
     for seed in spec.seeds:
         p = C.parse_run(raw, run, seed)
         resolved[f"seed {seed}"] = {k: getattr(p, k) for k in STAGE_SECTIONS["add"]}
-        if p.features != base.features and p.features.source == "in_domain" and p.features.pretrain.objective != "none":
-            features_dir = work / "features"
-            if pretrained_f is None:  # one F per run, pretrained with the params' seed like the features stage
-                pretrained_f = pretrain_features(p.features, base.seed, train.pixels(), features_dir,
-                                                 work / "features_checkpoints", progress=progress)
-                pretrained_f = {k: pretrained_f[k] for k in ("steps", "train_seconds")}
-        cache_p = extend_cache(cache, p.add.sample_prompts + [p.add.nfsd_negative_prompt], p.text_encoder)
-        teacher = load_teacher(p.teacher, root / MODELS / "teacher")
         disc = build_discriminator(p.features, p.add.discriminator, ds.images.shape[1], cache_p.pooled.shape[1],
                                    root, seed, features_dir)
-        trained = train_add(p.add, teacher, seed, train, cache_p, disc, int(cache_p.rows([p.add.nfsd_negative_prompt])[0]),
+        trained = train_add(p.add, teacher, seed, train, cache_p, disc, negative_row,
                             work / f"seed{seed}" / "student", work / f"seed{seed}" / "checkpoints",
                             progress=progress, fingerprint_extra=[C.to_dict(p.features)])
         student = trained["student"]
-        if sc is None:
-            sc = scoring(ds, cache_p, p.evaluators, p.evaluate, root)
-            prompts = sc.prompts_for(sc.ref, ab.eval_samples, p.evaluate.seed, cache_p)
-            noise = initial_noise(ab.eval_samples, unet_input_shape(teacher.unet), p.evaluate.seed)
         gen = E.Generator("student", "add", 1, 1.0, student, teacher.schedule,
                           trained_timesteps=p.add.student_timesteps, space=teacher.space)
         images, _ = E.generate(gen, prompts, noise, p.evaluate.batch_size, seed=p.evaluate.seed, progress=False)

@@ -63,7 +63,6 @@ def run_diagnostics(student_dir: Path, out: Path, samples: int | None = None, se
     from diffusers import UNet2DConditionModel
 
     from . import config as C
-    from . import evaluation as E
     from .plots import image_grid
     from .latent import load_teacher
     from .sampling import initial_noise, unet_input_shape
@@ -99,9 +98,7 @@ def run_diagnostics(student_dir: Path, out: Path, samples: int | None = None, se
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(sc.sel), generator=g)[:samples]
     real = sc.sel.pixels()[pick]
-    own = E.prompts_of([sc.sel.captions[i] for i in pick], sc.sel.labels[pick], cache)
-    if sc.clip_text is not None:
-        own.text_emb = torch.cat([sc.clip_text(own.captions[i:i + 256]) for i in range(0, len(own), 256)])
+    own = sc.prompts_of([sc.sel.captions[i] for i in pick], sc.sel.labels[pick], cache)
     score("data", real, own)
     strips = {}
     for s in ts:

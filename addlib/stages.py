@@ -40,8 +40,8 @@ STAGE_SECTIONS = {
     "evaluators": ["seed", "data", "text_encoder", "evaluators"],
     "evaluate": ["seed", "data", "text_encoder", "teacher", "add", "evaluators", "evaluate"],
     "ablation": ["seed", "data", "text_encoder", "teacher", "features", "add", "evaluators", "evaluate", "ablations"],
-    "report": ["seed", "data", "text_encoder", "teacher", "features", "add", "evaluators", "evaluate", "ablations"],
 }
+STAGE_SECTIONS["report"] = STAGE_SECTIONS["ablation"]  # the report shows every stage's results
 FOREACH = {"ablation": "run"}  # stages that dvc.yaml generates once per key (ablation@<run>): the CLI flag
 
 
@@ -316,9 +316,19 @@ class Scoring:
     clip_text: Any                # real CLIP's text tower, or None (the cache's pooled MiniLM embeddings)
 
     def prompts_for(self, split: D.Dataset, n: int, seed: int, cache: TextCache):
+        """n prompts drawn from a split's captions (evaluation.draw_prompts), with the CLIP score's text side."""
         from . import evaluation as E
 
-        p = E.draw_prompts(split.captions, split.labels, cache, n, seed)
+        return self.with_clip_text(E.draw_prompts(split.captions, split.labels, cache, n, seed))
+
+    def prompts_of(self, captions: list[str], labels: torch.Tensor, cache: TextCache):
+        """Prompts for exactly these captions (evaluation.prompts_of), with the CLIP score's text side."""
+        from . import evaluation as E
+
+        return self.with_clip_text(E.prompts_of(captions, labels, cache))
+
+    def with_clip_text(self, p):
+        """Replace the pooled MiniLM embeddings by real CLIP's text features when the scorer is real CLIP."""
         if self.clip_text is not None:
             p.text_emb = torch.cat([self.clip_text(p.captions[i:i + 256]) for i in range(0, len(p), 256)])
         return p

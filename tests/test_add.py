@@ -35,12 +35,14 @@ def _run(add, smoke_params, ds, cache, teacher, disc, folder, **kw):
 
 
 def test_two_steps_then_resume_equals_three(tmp_path, smoke_params, tiny_data):
-    add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data)
+    # with D's augmentation on (the default has none): its random draws must resume too
+    augmented = dataclasses.replace(smoke_params.add.discriminator, augment=["color", "translation", "cutout"])
+    add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data, discriminator=augmented)
     full = _run(add, smoke_params, ds, cache, teacher, disc, tmp_path / "full")
     # fresh objects for the interrupted run, as a new process would build them
-    add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data)
+    add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data, discriminator=augmented)
     _run(add, smoke_params, ds, cache, teacher, disc, tmp_path / "resumed", max_steps=2)
-    add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data)
+    add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data, discriminator=augmented)
     resumed = _run(add, smoke_params, ds, cache, teacher, disc, tmp_path / "resumed")
     assert resumed["resumed_from_step"] == 2
     keys = ["loss_G", "loss_distill", "loss_D", "r1", "logits_real", "logits_fake"]
