@@ -116,6 +116,7 @@ def run_ablation(run: str, raw: dict, root: Path = Path("."), progress: bool = T
     from .sampling import initial_noise, unet_input_shape
     from .stages import (CHECKPOINTS, MODELS, REPORTS, STAGE_SECTIONS, build_discriminator, code_version,
                          extend_cache, load_prepared, scoring, write_json)
+    from .diffusion import student_schedule
     from .training import save_student_grid, train_add
 
     base = C.parse(raw)
@@ -150,7 +151,8 @@ def run_ablation(run: str, raw: dict, root: Path = Path("."), progress: bool = T
                             work / f"seed{seed}" / "student", work / f"seed{seed}" / "checkpoints",
                             progress=progress, fingerprint_extra=[C.to_dict(p.features)])
         student = trained["student"]
-        gen = E.Generator("student", "add", 1, 1.0, student, teacher.schedule,
+        sched_s = student_schedule(p.teacher.schedule, p.add.student_zero_terminal_snr)
+        gen = E.Generator("student", "add", 1, 1.0, student, sched_s,
                           trained_timesteps=p.add.student_timesteps, space=teacher.space)
         images, _ = E.generate(gen, prompts, noise, p.evaluate.batch_size, seed=p.evaluate.seed, progress=False)
         last = trained["history"][-1] if trained["history"] else {}
@@ -160,7 +162,7 @@ def run_ablation(run: str, raw: dict, root: Path = Path("."), progress: bool = T
                                                   ("fid", "precision", "recall", "clip_score", "prompt_accuracy")),
               flush=True)
         if seed == spec.seeds[0]:
-            save_student_grid(student, teacher.schedule, cache_p, cache_p.rows(p.add.sample_prompts).tolist(), p.add,
+            save_student_grid(student, sched_s, cache_p, cache_p.rows(p.add.sample_prompts).tolist(), p.add,
                               [1], out / "samples.png", f"ablation '{run}' (seed {seed}): 1 step after {ab.steps} steps")
     metrics = {"run": run, "overrides": spec.overrides, "steps": ab.steps, "batch_size": ab.batch_size,
                "eval_samples": ab.eval_samples, "fid_features": sc.feat_name,

@@ -382,7 +382,11 @@ class ADDConfig:
     teacher_t_at_most_s: bool    # inputs with noise (s < T-1): t ~ U[lo, min(hi, s)] (ours; the paper: U[lo, hi])
     teacher_guidance: float  # classifier-free guidance of the teacher's target (exponential/sds)
     nfsd_guidance: float     # s of NFSD's delta_C term
-    nfsd_negative_prompt: str
+    nfsd_negative_prompt: str  # NFSD's description of a *bad* image (delta_D = eps(empty) - eps(negative));
+                               # the empty prompt would make delta_D = 0 (refused for weighting nfsd)
+    student_zero_terminal_snr: bool  # the student's schedule: the teacher's rescaled to zero terminal SNR
+                                     # (t = T-1 pure noise; needs v-prediction) | false: the teacher's own.
+                                     # The frozen teacher always runs on the schedule it was trained with
     discriminator: DiscriminatorConfig
     train: ADDTrainConfig
     sample_prompts: list[str]
@@ -400,6 +404,9 @@ class ADDConfig:
                "perceptual is a distance between images: use distill_space: pixel")
         lo_hi = self.teacher_t_range
         _check(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1], f"{where}.teacher_t_range", "needs [lo, hi], lo <= hi")
+        _check(self.weighting != "nfsd" or self.nfsd_negative_prompt.strip() != "", f"{where}.nfsd_negative_prompt",
+               "is the empty (unconditional) prompt, so NFSD's delta_D = eps(empty) - eps(negative) would be 0: "
+               "describe a bad image (e.g. 'a blurry, smudged, unreadable scribble')")
         _check(self.sample_per_prompt >= 1 and len(self.sample_prompts) >= 1, f"{where}.sample_prompts",
                "needs prompts and sample_per_prompt >= 1")
 
@@ -519,6 +526,24 @@ class Params:
     evaluators: EvaluatorsConfig
     evaluate: EvaluateConfig
     ablations: AblationsConfig
+
+    def validate(self, where: str) -> None:
+        """Checks across sections (each section has checked itself)."""
+        from .sampling import student_step_counts
+
+        T = self.teacher.schedule.num_train_timesteps
+        a = self.add
+        _check(max(a.student_timesteps) <= T - 1, f"{where}.add.student_timesteps",
+               f"timesteps must be < num_train_timesteps={T}, got {a.student_timesteps}")
+        _check(a.teacher_t_range[1] <= T - 1, f"{where}.add.teacher_t_range",
+               f"hi must be < num_train_timesteps={T}, got {a.teacher_t_range}")
+        _check(not (a.student_zero_terminal_snr and self.teacher.schedule.prediction_type == "epsilon"),
+               f"{where}.add.student_zero_terminal_snr", "an epsilon-prediction student cannot give x0 from pure "
+               "noise (alpha_T = 0 at zero terminal SNR): set it false, or use a v-prediction teacher")
+        allowed = student_step_counts(a.student_timesteps, T)
+        bad = [k for k in self.evaluate.student_steps if k not in allowed]
+        _check(not bad, f"{where}.evaluate.student_steps", f"{bad} not possible: a student trained at "
+               f"{a.student_timesteps} samples with {allowed} steps")
 
 
 # --------------------------------------------------------------------------------------------------

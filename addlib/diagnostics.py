@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .diffusion import NoiseSchedule
+from .diffusion import NoiseSchedule, student_schedule
 from .sampling import decode, sample_student
 
 
@@ -75,7 +75,8 @@ def run_diagnostics(student_dir: Path, out: Path, samples: int | None = None, se
     set_threads(p.evaluate.num_threads)
     ds, cache = load_prepared(root)
     bundle = load_teacher(p.teacher, root / MODELS / "teacher")
-    schedule, space, teacher = bundle.schedule, bundle.space, bundle.unet.eval()
+    space, teacher = bundle.space, bundle.unet.eval()
+    schedule = student_schedule(p.teacher.schedule, p.add.student_zero_terminal_snr)  # the student's
     student = UNet2DConditionModel.from_pretrained(student_dir).eval()
     sc = scoring(ds, cache, p.evaluators, p.evaluate, root)
     ts = list(p.add.student_timesteps)
@@ -103,7 +104,8 @@ def run_diagnostics(student_dir: Path, out: Path, samples: int | None = None, se
     strips = {}
     for s in ts:
         for name, net in (("student", student), ("teacher", teacher)):
-            noisy, pred = denoise_from_data(net, schedule, real, own.states, own.mask, s, seed=seed + s, space=space)
+            own_schedule = schedule if name == "student" else bundle.schedule  # each on the schedule it was trained on
+            noisy, pred = denoise_from_data(net, own_schedule, real, own.states, own.mask, s, seed=seed + s, space=space)
             score(f"denoise/{name}/t{s}", pred, own)
             strips[(name, s)] = (noisy[:12], pred[:12])
 

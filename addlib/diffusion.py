@@ -11,9 +11,15 @@ With alpha_T = 0 an epsilon-prediction model cannot recover x0, hence v-predicti
 Pretrained epsilon-prediction teachers (SD 1.5 class) are supported on their original schedule
 (``rescale_zero_terminal_snr: false``): x0 = (x_t - sigma_t eps) / alpha_t, with alpha_{T-1} > 0. The
 ``*_from_output`` methods convert whatever the network predicts.
+
+Two schedules in ADD: the frozen teacher is always queried on the schedule it was *trained* with
+(``teacher.schedule``, checked against a pretrained checkpoint's scheduler config), while the student's may be
+that schedule rescaled to zero terminal SNR (:func:`student_schedule`, ``add.student_zero_terminal_snr``).
+For the embedded default both are the same (its teacher is trained at zero terminal SNR).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -40,6 +46,16 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     ab = sqrt_ab ** 2
     alphas = torch.cat([ab[:1], ab[1:] / ab[:-1]])
     return 1 - alphas
+
+
+def student_schedule(teacher: ScheduleConfig, zero_terminal_snr: bool) -> "NoiseSchedule":
+    """The student's schedule: the teacher's betas, rescaled to zero terminal SNR if ``zero_terminal_snr``
+    (ADD section 3.1: the first student step t = T-1 is then pure noise; needs v-prediction, the config checks
+    it), else the teacher's own schedule. A stock SD 2.1-v checkpoint's student thus starts from x0 = -v at
+    t = T-1, where its teacher had alpha = 0.068; an epsilon student (SD 1.5) keeps the stock schedule and takes
+    pure noise as x_{T-1}, as SD's own samplers do."""
+    return NoiseSchedule(dataclasses.replace(teacher, rescale_zero_terminal_snr=zero_terminal_snr
+                                             or teacher.rescale_zero_terminal_snr))
 
 
 class NoiseSchedule:

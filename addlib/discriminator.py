@@ -3,12 +3,17 @@
     D(x; c_text, c_img) = { D_k(F_k(x); c_text, c_img) }_k
 
 - F is a *frozen* pretrained ViT (any timm VisionTransformer). Its token sequence is tapped after chosen
-  blocks plus the patch embedding; the CLS token is folded into the patch tokens (added to each), and each
-  tap is handed to its head as a (B, C, N) sequence. F stays in eval mode and never receives gradients for
+  blocks plus, as StyleGAN-T does, after the position embedding (the patch embedding with positions added and
+  the CLS token prepended); the CLS token is folded into the patch tokens (added to each), and each tap is
+  handed to its head as a (B, C, N) sequence. F stays in eval mode and never receives gradients for
   its weights, but gradients flow *through* it to the generated images.
 - Each head D_k: a kernel-1 conv block, then a residual block whose conv has kernel 9 and circular padding;
   every conv is spectrally normalised and followed by a local batch norm and LeakyReLU(0.2); a final
   kernel-1 conv maps to a 64-d c-map.
+- Spectral norm's power iteration runs once per training step (:meth:`Discriminator.spectral_step`), not once
+  per forward: the heads are kept in eval mode, so the student's L_G and both halves of L_D see the same
+  normalised weights whatever the number of forwards or micro-batches (the local batch norm has no running
+  statistics, so eval mode changes nothing else).
 - Projection conditioning (Miyato & Koyama 2018): the condition c = [c_text, c_img] (each switchable) is
   mapped to the same 64 dims, and the logit per token is <out, cmap(c)> / sqrt(64).
 
@@ -123,8 +128,8 @@ class FeatureNetwork(nn.Module):
         self.register_buffer("std", torch.tensor(std[: self.in_chans]).view(1, -1, 1, 1), persistent=False)
         self._store: dict[str, torch.Tensor] = {}  # per-instance hook outputs
         self._hooks = []
-        if tap_patch_embed:
-            self._hooks.append(backbone.patch_embed.register_forward_hook(self._keep("patch")))
+        if tap_patch_embed:  # after the position embedding (StyleGAN-T hooks timm's pos_drop): tokens know where they are
+            self._hooks.append(backbone.pos_drop.register_forward_hook(self._keep("patch")))
         for t in self.taps:
             self._hooks.append(backbone.blocks[t].register_forward_hook(self._keep(f"block{t}")))
         self.dims = [backbone.embed_dim] * (len(self.taps) + int(tap_patch_embed))
@@ -151,10 +156,8 @@ class FeatureNetwork(nn.Module):
         final = self.backbone.forward_features(self.preprocess(x))
         p = getattr(self.backbone, "num_prefix_tokens", 1)
         feats = []
-        if self.tap_patch_embed:
-            feats.append(self._store["patch"])
-        for t in self.taps:
-            tok = self._store[f"block{t}"]
+        for name in (["patch"] if self.tap_patch_embed else []) + [f"block{t}" for t in self.taps]:
+            tok = self._store[name]
             feats.append(tok[:, p:] + tok[:, :1])  # fold CLS into the patch tokens
         self._store.clear()
         return [f.transpose(1, 2) for f in feats], self.backbone.forward_head(final, pre_logits=True)
@@ -181,10 +184,12 @@ def draw_augment(n: int, channels: int, h: int, w: int, generator: torch.Generat
     return p
 
 
-def apply_augment(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+def apply_augment(x: torch.Tensor, p: dict[str, torch.Tensor] | None) -> torch.Tensor:
     """Differentiable augmentation (Zhao et al. 2020, as StyleGAN-T uses) with parameters from
     :func:`draw_augment`: colour (brightness +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]), translation by
     up to 1/8 of the side (filled with -1), cutout of a square of half the side (set to -1). Inputs in [-1, 1]."""
+    if not p:  # no augmentation drawn
+        return x
     b, _, h, w = x.shape
     dev = x.device
     col = lambda k: p[k].to(dev, x.dtype).view(-1, 1, 1, 1)  # noqa: E731
@@ -232,6 +237,22 @@ class Discriminator(nn.Module):
         self.use_c_text, self.use_c_img = use_c_text, use_c_img
         c_dim = (c_text_dim if use_c_text else 0) + (feature_net.backbone.embed_dim if use_c_img else 0)
         self.heads = nn.ModuleList(DiscHead(d, c_dim, cmap_dim, group_size) for d in feature_net.dims)
+        self.heads.eval()  # spectral norm's power iteration runs only in spectral_step
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.heads.eval()
+        return self
+
+    @torch.no_grad()
+    def spectral_step(self) -> None:
+        """One power iteration of every spectrally normalised conv (once per training step): reading a
+        parametrised weight in train mode updates its singular-vector estimates u, v in place."""
+        for m in self.heads.modules():
+            if nn.utils.parametrize.is_parametrized(m, "weight"):
+                m.train()
+                _ = m.weight
+                m.eval()
 
     def condition(self, c_text: torch.Tensor | None, c_img: torch.Tensor | None) -> torch.Tensor | None:
         parts = ([c_text] if self.use_c_text else []) + ([F.normalize(c_img, dim=-1)] if self.use_c_img else [])

@@ -98,12 +98,14 @@ def check_pipeline_folder(folder: Path, where: str = "teacher.pretrained") -> No
 
 
 def check_schedule(cfg: ScheduleConfig, folder: Path, where: str = "teacher.schedule") -> None:
-    """params.yaml's schedule must be the one the checkpoint was trained with (rescaling aside: zero terminal
-    SNR is ADD's choice for the student, Lin et al. fine-tune v-prediction models onto it)."""
+    """params.yaml's schedule must be the one the checkpoint was trained with, rescaling included: the frozen
+    teacher is always queried on its own schedule (a stock SD checkpoint: ``rescale_zero_terminal_snr: false``).
+    Zero terminal SNR for the student is ``add.student_zero_terminal_snr``."""
     sc = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     theirs = {"num_train_timesteps": sc.get("num_train_timesteps", 1000), "beta_schedule": sc.get("beta_schedule"),
               "beta_start": sc.get("beta_start"), "beta_end": sc.get("beta_end"),
-              "prediction_type": sc.get("prediction_type", "epsilon")}
+              "prediction_type": sc.get("prediction_type", "epsilon"),
+              "rescale_zero_terminal_snr": bool(sc.get("rescale_betas_zero_snr", False))}
     for key, value in theirs.items():
         ours = getattr(cfg, key)
         same = abs(ours - value) <= 1e-9 * max(1.0, abs(value)) if isinstance(ours, float) else ours == value

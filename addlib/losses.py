@@ -6,8 +6,10 @@ backward. Nothing here calls ``.backward()`` (R1 uses ``torch.autograd.grad`` wi
       L_G = -E[ sum_k D_k(F_k(x_hat)) ]
       L_D =  E[ sum_k max(0, 1 - D_k(F_k(x0))) + gamma R1 ] + E[ sum_k max(0, 1 + D_k(F_k(x_hat))) ]
   Each head returns one logit per token; as in StyleGAN-T the hinge is taken per token and averaged over
-  tokens, then summed over heads k. R1 is the squared norm of the gradient of D_k (its token-mean logit)
-  with respect to the head's *input* F_k(x0), summed over heads.
+  tokens, then summed over heads k. R1 is taken with respect to each head's *input* F_k(x0) and normalised
+  by its token count N_k: R1 = sum_k ||d(sum_n D_k,n) / d F_k(x0)||^2 / N_k, so duplicating every token
+  leaves it unchanged and gamma means the same at 16 px and at 512 px (the token-*mean* logit's gradient
+  would shrink as 1/N_k, the token-*sum*'s grow as N_k).
 - ADD section 3.3, distillation:  L_distill = c(t) * d(x_hat, sg(x_hat_psi)), with
   c(t) in {exponential: alpha_t, sds: alpha_t / (2 sigma_t) * w(t), nfsd: as sds on the NFSD target}
   and d in {mse, l1, pseudo_huber, perceptual}. Distances are per-sample *means* over pixels (as
@@ -48,14 +50,15 @@ def hinge_g(logits: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def r1_penalty(logits: Sequence[torch.Tensor], head_inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Per-sample sum_k || d D_k / d F_k(x0) ||^2, D_k being head k's token-mean logit.
+    """Per-sample sum_k || d (sum_n D_k,n) / d F_k(x0) ||^2 / N_k over heads k with N_k tokens (logits (B, N_k)).
 
-    ``head_inputs`` must require grad and be what produced ``logits``. The graph is kept (create_graph)
-    so that the penalty itself can be differentiated w.r.t. the head weights.
+    A head that is linear in its input gets ||w||^2 whatever N_k (tested). ``head_inputs`` must require grad
+    and be what produced ``logits``. The graph is kept (create_graph) so that the penalty itself can be
+    differentiated w.r.t. the head weights.
     """
-    total = sum(l.float().mean(1).sum() for l in logits)
+    total = sum(l.float().sum() for l in logits)
     grads = torch.autograd.grad(total, list(head_inputs), create_graph=True)
-    return sum(g.float().pow(2).flatten(1).sum(1) for g in grads)
+    return sum(g.float().pow(2).flatten(1).sum(1) / l.shape[1] for g, l in zip(grads, logits))
 
 
 # --------------------------------------------------------------------------------------------------

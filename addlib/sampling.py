@@ -73,22 +73,44 @@ def trailing_timesteps(steps: int, T: int = 1000) -> list[int]:
     return [int(round(T - i * T / steps)) - 1 for i in range(steps)]
 
 
+def student_step_counts(trained: list[int], T: int = 1000) -> list[int]:
+    """The step counts a student trained at ``trained`` can sample with: k steps use the trailing spacing of
+    k steps, which must be a subset of the trained timesteps (the student never saw any other), or the
+    trained timesteps themselves when k is their number. For [999, 749, 499, 249]: 1, 2 and 4."""
+    ok = {len(trained)}
+    ok.update(k for k in range(1, len(trained)) if set(trailing_timesteps(k, T)) <= set(trained))
+    return sorted(ok)
+
+
 def student_timesteps(steps: int, trained: list[int], T: int = 1000) -> list[int]:
-    """The student's timesteps for a k-step sample: the trained ones when k equals their number, else
-    trailing spacing (1 step is always t = T-1)."""
+    """The student's timesteps for a k-step sample (the rule of :func:`student_step_counts`): the trained
+    ones when k equals their number, else the trailing spacing of k steps. Any other k is a one-line
+    ValueError: the student would be queried at timesteps it was never trained on."""
+    allowed = student_step_counts(trained, T)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps not in allowed:
+        raise ValueError(f"steps={steps!r}: a student trained at timesteps {list(trained)} samples with "
+                         f"{', '.join(map(str, allowed))} steps (other counts would use timesteps it never saw)")
     return list(trained) if steps == len(trained) else trailing_timesteps(steps, T)
+
+
+def renoise_generator(seed: int) -> torch.Generator:
+    """The generator of the k-step sampler's fresh re-noising draws for sampling seed ``seed``. Its stream is
+    disjoint from :func:`initial_noise`'s (same seed, different generator seed): the noise added at step 2
+    onwards is independent of x_T (with one seed for both it would *be* x_T for the first batch)."""
+    return torch.Generator().manual_seed((seed * 0x9E3779B1 + 0x5DEECE66D) % (2 ** 63))
 
 
 @torch.no_grad()
 def sample_student(unet, schedule: NoiseSchedule, states: torch.Tensor, mask: torch.Tensor,
                    noise: torch.Tensor, timesteps: list[int], seed: int = 0,
                    batch_size: int = 256, space=None) -> torch.Tensor:
-    """ADD's few-step sampler (section 3, "Sampling"): start from pure noise at timesteps[0]; at each
-    student timestep predict x0 = alpha x - sigma v; then re-noise that prediction with fresh noise to the
-    next timestep and predict again. No guidance: one network evaluation per step."""
+    """ADD's few-step sampler (section 3, "Sampling"): start from pure noise ``noise`` at timesteps[0]; at each
+    student timestep predict x0 (from the network's v or epsilon output); then re-noise that prediction with
+    *fresh* noise (from :func:`renoise_generator`, independent of ``noise``) to the *next* timestep and
+    predict again. No guidance: one network evaluation per step. ``schedule`` is the student's."""
     device = next(unet.parameters()).device
     dtype = next(unet.parameters()).dtype
-    g = torch.Generator().manual_seed(seed)
+    g = renoise_generator(seed)
     out = []
     for i in range(0, len(noise), batch_size):
         x = noise[i:i + batch_size].to(device, dtype)
@@ -109,8 +131,9 @@ def sample_student(unet, schedule: NoiseSchedule, states: torch.Tensor, mask: to
 class ADDSampler:
     """The trained student in one call: ``ADDSampler.from_pretrained("models/student")(prompts, steps, seed)``.
 
-    Loads the diffusers UNet and the addlib_config.json saved beside it (schedule, text encoder, student
-    timesteps); returns images in [-1, 1], shape (len(prompts), C, H, W).
+    Loads the diffusers UNet and the addlib_config.json saved beside it (the student's schedule, text encoder,
+    student timesteps); returns images in [-1, 1], shape (len(prompts), C, H, W). ``steps`` must be one of
+    :func:`student_step_counts` (1, 2 or 4 for the default timesteps); other counts are a one-line error.
     """
 
     def __init__(self, unet, schedule: NoiseSchedule, encoder, student_timesteps: list[int], space=None):
@@ -126,10 +149,12 @@ class ADDSampler:
         from diffusers import UNet2DConditionModel
 
         from . import config as C
+        from .diffusion import student_schedule
         from .text import TextEncoder
 
         resolved = json.loads((Path(path) / "addlib_config.json").read_text())["config"]
-        schedule = NoiseSchedule(C.from_dict(C.ScheduleConfig, resolved["teacher"]["schedule"], "schedule"))
+        teacher_schedule = C.from_dict(C.ScheduleConfig, resolved["teacher"]["schedule"], "schedule")
+        schedule = student_schedule(teacher_schedule, resolved["add"].get("student_zero_terminal_snr", False))
         text = C.from_dict(C.TextEncoderConfig, resolved["text_encoder"], "text_encoder")
         unet = UNet2DConditionModel.from_pretrained(path).to(device)
         space = None

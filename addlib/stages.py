@@ -214,6 +214,7 @@ def build_discriminator(feat_cfg: C.FeatureNetConfig, disc_cfg: C.DiscriminatorC
 def run_add(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, teacher_cfg: C.TeacherConfig,
             feat_cfg: C.FeatureNetConfig, cfg: C.ADDConfig, root: Path = Path("."), progress: bool = True) -> dict:
     """ADD training: student from the teacher, discriminator on F, distillation from the teacher."""
+    from .diffusion import student_schedule
     from .latent import load_teacher
     from .training import save_student_grid, train_add
 
@@ -234,7 +235,8 @@ def run_add(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfig, te
     C.write_resolved(resolved, model_dir / "addlib_config.json", code_version=code_version(root))
     C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
     rows = cache.rows(cfg.sample_prompts).tolist()
-    save_student_grid(student, teacher.schedule, cache, rows, cfg, [1, 2, 4],
+    save_student_grid(student, student_schedule(teacher_cfg.schedule, cfg.student_zero_terminal_snr), cache, rows, cfg,
+                      [1, 2, 4],
                       out / "samples.png", "ADD student: 1, 2 and 4 steps, same noise per column", space=teacher.space)
     steps = [r["step"] for r in history]
     curves = {k: [r.get(k, float("nan")) for r in history] for k in ("loss_G", "loss_distill", "loss_D")}
@@ -373,6 +375,7 @@ def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfi
     from diffusers import UNet2DConditionModel
 
     from . import evaluation as E
+    from .diffusion import student_schedule
     from .metrics import extract, fid_from_features, split_halves_fid
     from .latent import load_teacher
     from .sampling import initial_noise, unet_input_shape
@@ -404,7 +407,8 @@ def run_evaluate(seed: int, data_cfg: C.DataConfig, text_cfg: C.TextEncoderConfi
         return E.Generator("teacher", sampler, steps, w, teacher, schedule, empty=empty, space=space)
 
     def student_gen(steps):
-        return E.Generator("student", "add", steps, 1.0, student, schedule,
+        return E.Generator("student", "add", steps, 1.0, student,
+                           student_schedule(teacher_cfg.schedule, add_cfg.student_zero_terminal_snr),
                            trained_timesteps=add_cfg.student_timesteps, space=space)
 
     rows, guidance, images_of, seed_fids = [], {}, {}, {}

@@ -1,5 +1,6 @@
-"""Training loops (teacher now; the ADD loop joins it) and what they share: deterministic batches,
-learning-rate schedule, resumable checkpoints and logging.
+"""Training loops (the teacher's and ADD's) and what they share: deterministic batches, learning-rate
+schedule, resumable checkpoints and logging. ADD's objective lives in objective.py; its step here only draws,
+reduces, calls backward and steps the optimizers, in numbered parts.
 
 Design choices:
 - Every random draw of step k (which images, timesteps, noise, condition dropout) comes from a generator
@@ -348,42 +349,7 @@ def train_teacher(cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache
 
 
 # --------------------------------------------------------------------------------------------------
-# Adversarial Diffusion Distillation (ADD sections 3.1-3.3).
-
-
-def teacher_x0(teacher, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, cond, uncond,
-               guidance: float, steps: int) -> torch.Tensor:
-    """The teacher's x0 estimate from x_t: one prediction (steps = 1), or a deterministic DDIM solve from
-    t to 0 in ``steps`` steps (Table 1f), with classifier-free guidance ``guidance``."""
-    from .sampling import guided_v
-
-    x = x_t
-    for j in range(steps):
-        t_j = (t.float() * (steps - j) / steps).round().long()
-        v = guided_v(teacher, x, t_j, cond, uncond, guidance)
-        x0 = schedule.x0_from_output(x, v, t_j)
-        if j + 1 < steps:
-            t_next = (t.float() * (steps - j - 1) / steps).round().long()
-            x = schedule.add_noise(x0, schedule.eps_from_output(x, v, t_j), t_next)
-    return x0
-
-
-def nfsd_target(teacher, schedule: NoiseSchedule, x_hat: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                cond, uncond, negative, s: float) -> torch.Tensor:
-    """Noise-free score distillation (Katzir et al. 2023) as a distillation target.
-
-    NFSD replaces SDS's (eps_hat - eps) by delta_D + s * delta_C, with delta_C = eps(x_t, c) - eps(x_t, empty)
-    and delta_D = eps(x_t, empty) for t < 200, eps(x_t, empty) - eps(x_t, negative prompt) otherwise.
-    The target x_psi = x_hat - (sigma / alpha) (delta_D + s delta_C) makes the SDS-weighted squared distance
-    have exactly that gradient (see losses.py).
-    """
-    eps = lambda c: schedule.eps_from_output(x_t, teacher(x_t, t, encoder_hidden_states=c[0],  # noqa: E731
-                                                       encoder_attention_mask=c[1]).sample, t)
-    e_c, e_u, e_n = eps(cond), eps(uncond), eps(negative)
-    small_t = (t < 200).view(-1, *([1] * (x_t.ndim - 1)))
-    delta_d = torch.where(small_t, e_u, e_u - e_n)
-    g = delta_d + s * (e_c - e_u)
-    return x_hat - schedule.sigma(t, x_t) / schedule.alpha(t, x_t).clamp_min(1e-4) * g
+# Adversarial Diffusion Distillation (ADD sections 3.1-3.3); the objective itself is objective.py.
 
 
 def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discriminator, negative_row: int,
@@ -392,10 +358,11 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
               fingerprint_extra=None, save: bool = True) -> dict:
     """ADD: train the student against the discriminator (hinge, R1) and the teacher (distillation).
 
-    ``teacher``: a ``latent.Teacher`` (frozen UNet, its schedule, the space it works in; the student starts
-    as a copy of its UNet unless student_init is 'random'); ``discriminator``: a Discriminator with a frozen
-    feature network, which always sees pixels; ``negative_row``: the text cache row of NFSD's negative
-    prompt. Saves the student's EMA weights to ``out_dir`` (``save=False``: no checkpoints, nothing saved).
+    ``teacher``: a ``latent.Teacher`` (frozen UNet, the schedule it was trained with, the space it works in;
+    the student starts as a copy of its UNet unless student_init is 'random', and runs on
+    ``diffusion.student_schedule``); ``discriminator``: a Discriminator with a frozen feature network, which
+    always sees pixels; ``negative_row``: the text cache row of NFSD's negative prompt. Saves the student's
+    EMA weights to ``out_dir`` (``save=False``: no checkpoints, nothing saved).
 
     Processes and micro-batches: every random draw is made for the global batch and sliced (training.py's
     header), the student is DDP-wrapped by accelerate, D's heads' gradients are averaged explicitly, and each
@@ -405,19 +372,20 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
     import contextlib
     import copy
 
-    from . import discriminator as disc
     from .config import fingerprint
+    from .diffusion import student_schedule
     from .latent import VAESpace
+    from .objective import DiscriminatorLoss, StudentLoss, draw_step
 
-    tc, dc = cfg.train, cfg.discriminator
-    # 1-2. Devices, precision, processes; images and caption rows.
+    tc = cfg.train
+    # 1. Devices, precision, processes; images and caption rows.
     accelerator, x_all, cap_all = setup_run(tc, train, text)
     dev, wdtype = accelerator.device, weight_dtype(tc.mixed_precision)
-    schedule, space = teacher.schedule, teacher.space.to(dev, wdtype)
-    tau = torch.tensor(cfg.student_timesteps)
+    sched_t, space = teacher.schedule, teacher.space.to(dev, wdtype)
+    sched_s = student_schedule(sched_t.cfg, cfg.student_zero_terminal_snr)
     pixel_shape = tuple(x_all.shape[1:])
     latent_shape = space.latent_shape(pixel_shape)
-    # 3. Networks: student (from the teacher, section 3.1, float32 master weights), frozen teacher and F in
+    # 2. Networks: student (from the teacher, section 3.1, float32 master weights), frozen teacher and F in
     # the weight dtype, discriminator heads.
     torch.manual_seed(seed)
     student = copy.deepcopy(teacher.unet).requires_grad_(True).train()
@@ -435,7 +403,6 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
         teacher_unet = teacher_unet.to(wdtype)
     ema = EMA(student, tc.ema_decay)
     ema_model = copy.deepcopy(student).eval().requires_grad_(False)
-    discriminator = discriminator.train()
     opt_g = torch.optim.Adam(student.parameters(), lr=tc.lr_student, betas=tuple(tc.betas))
     opt_d = torch.optim.Adam(discriminator.heads.parameters(), lr=tc.lr_discriminator, betas=tuple(tc.betas))
     ckpt = Checkpointer(checkpoint_dir, fingerprint(cfg, teacher.schedule.cfg, teacher.source, seed, len(train),
@@ -443,160 +410,80 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
     raw_student = student
     # The discriminator is called through its parts (features, heads_forward), so it is moved, not wrapped;
     # its heads' gradients are averaged over processes by average_gradients.
-    d_raw = discriminator.to(dev)
+    d_raw = discriminator.to(dev).train()
     d_raw.F.to(wdtype)
     student, opt_g_p, opt_d_p = accelerator.prepare(student, opt_g, opt_d)
-    augment = dict(color="color" in dc.augment, translation="translation" in dc.augment,
-                   cutout="cutout" in dc.augment)
-    weighting = losses.WEIGHTINGS[cfg.weighting]
-    distance = {
-        "mse": losses.distance_mse, "l1": losses.distance_l1, "pseudo_huber": losses.distance_pseudo_huber,
-        "perceptual": lambda a, b: losses.distance_perceptual(a, b, d_raw.features),
-    }[cfg.distance]
-    lo, hi = cfg.teacher_t_range
-    T = schedule.cfg.num_train_timesteps
-    # Text states of the empty prompt (row 0) and of NFSD's negative prompt, one row each.
+    # 3. The objective (objective.py): text states of the empty prompt (row 0) and NFSD's negative prompt.
     empty_1 = tuple(a.to(dev) for a in text[torch.tensor([0])][:2])
     negative_1 = tuple(a.to(dev) for a in text[torch.tensor([negative_row])][:2])
+    student_loss = StudentLoss(cfg, teacher_unet, sched_t, sched_s, space, d_raw, empty_1, negative_1)
+    disc_loss = DiscriminatorLoss(d_raw, cfg.discriminator.r1_gamma)
     grid_text = None
     if grid_dir is not None and text.has(cfg.sample_prompts):
         grid_text = text.rows(cfg.sample_prompts).tolist()
-    n_proc, micro = accelerator.num_processes, tc.gradient_accumulation
-    per_proc = tc.batch_size // n_proc
+    micro = tc.gradient_accumulation
+    per_proc = tc.batch_size // accelerator.num_processes
     if per_proc % micro:
         raise ValueError(f"add.train.gradient_accumulation {micro} does not divide the per-process batch {per_proc}")
     per_micro = per_proc // micro
-
-    def micro_slices():
-        """Global-batch rows of this process's micro-batches."""
-        first = accelerator.process_index * per_proc
-        return [slice(first + j * per_micro, first + (j + 1) * per_micro) for j in range(micro)]
+    first = accelerator.process_index * per_proc
+    micro_slices = [slice(first + j * per_micro, first + (j + 1) * per_micro) for j in range(micro)]
 
     def no_sync(j: int):
         """Skip DDP's gradient all-reduce on all but the last micro-batch (the sum is reduced once)."""
         return accelerator.no_sync(student) if j + 1 < micro else contextlib.nullcontext()
 
-    # 4. One ADD step: a student update (L_G + lambda L_distill), then a discriminator update (L_D).
+    def logged(parts: dict, sums: dict) -> None:
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float().mean().item() / micro
+
+    # 4. One ADD step.
     def step_fn(step: int) -> dict:
-        B = tc.batch_size
-        g = step_generator(seed, step)
-        idx = batch_indices(step, len(x_all), B, seed)
-        s_all = tau[torch.randint(0, len(tau), (B,), generator=g)]
-        eps_all = torch.randn((B, *latent_shape), generator=g)
-        t_all = torch.randint(lo, hi + 1, (B,), generator=g)
-        if cfg.teacher_t_at_most_s:  # same draw, rescaled into [lo, min(hi, s)] where the input has noise
-            top = torch.where(s_all < T - 1, s_all.clamp(lo, hi), torch.full_like(s_all, hi))
-            t_all = lo + (t_all - lo) * (top - lo + 1) // (hi - lo + 1)
-        eps2_all = torch.randn((B, *latent_shape), generator=g)
-        g_aug = step_generator(seed, step, stream=1)
-        # Augmentation parameters for the generator's fakes, D's reals and D's fakes (in that order).
-        aug_g, aug_real, aug_fake = ([disc.draw_augment(B, *pixel_shape, g_aug, **augment) for _ in range(3)]
-                                     if cfg.lambda_adv > 0 else [None] * 3)
-        rows_of = lambda p, r: {k: v[r] for k, v in p.items()}  # noqa: E731
+        # 4a. Every random draw of the step, for the global batch; this process's images and captions.
+        draws = draw_step(cfg, step_generator(seed, step), step_generator(seed, step, stream=1), tc.batch_size,
+                          latent_shape, pixel_shape, sched_t.T)
+        idx = batch_indices(step, len(x_all), tc.batch_size, seed)
         sums: dict[str, float] = {}
-        kept = []  # per micro-batch: what the discriminator update needs
-
-        def add(metrics: dict) -> None:
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v / micro
-
-        # Student update, accumulated over micro-batches.
+        # 4b. One power iteration of D's spectral norms: L_G and L_D below see the same normalised weights.
+        if cfg.lambda_adv > 0:
+            d_raw.spectral_step()
+        # 4c. Student update with L_G + lambda L_distill, accumulated over micro-batches; D's heads are frozen
+        # (gradients reach the student through them, none is left on them).
+        d_raw.heads.requires_grad_(False)
         opt_g_p.zero_grad(set_to_none=True)
-        for j, r in enumerate(micro_slices()):
+        fakes = []
+        for j, r in enumerate(micro_slices):
             x0 = to_float(x_all[idx[r]]).to(dev)
-            states, mask, pooled = (a.to(dev) for a in text[cap_all[idx[r]]])
-            s, eps, t, eps2 = (a[r].to(dev) for a in (s_all, eps_all, t_all, eps2_all))
-            n = len(x0)
-            empty = tuple(a.expand(n, *a.shape[1:]) for a in empty_1)
-            negative = tuple(a.expand(n, *a.shape[1:]) for a in negative_1)
-            cond = (states, mask)
-            out: dict[str, float] = {}
+            text_r = tuple(a.to(dev) for a in text[cap_all[idx[r]]])
             with no_sync(j), accelerator.autocast():
-                # Student: z_s = alpha_s z0 + sigma_s eps at a student timestep s; z_hat = its x0 prediction
-                # (z = x for the pixel-space teacher); x_hat = the decoded image.
-                z0 = space.encode(x0)
-                z_s = schedule.add_noise(z0, eps, s)
-                z_hat = schedule.x0_from_output(z_s, student(z_s, s, encoder_hidden_states=states,
-                                                             encoder_attention_mask=mask).sample, s)
-                x_hat = space.decode(z_hat)
-                c_img = d_raw.image_embedding(x0) if dc.c_img else None
-                c_real = c_fake = d_raw.condition(pooled, c_img)
-                pure = s == schedule.T - 1  # alpha = 0: the student's input holds no trace of x0
-                if dc.c_img and dc.c_img_pure_noise == "teacher_ode" and pure.any():
-                    # Deviation from the paper's literal reading (which is silent here): a fake made from pure
-                    # noise is conditioned on the embedding of the teacher's deterministic solve from that same
-                    # noise, so D's image condition is a function of the noise and identical outputs stop
-                    # receiving identical gradients (without it the 1-step student collapses to one template
-                    # per prompt). Real pairs stay (x0, c_img(x0)).
-                    with torch.no_grad():
-                        z_ode = teacher_x0(teacher_unet, schedule, z_s[pure], s[pure], (states[pure], mask[pure]),
-                                           (empty[0][pure], empty[1][pure]), dc.ode_guidance, dc.ode_steps)
-                        x_ode = space.decode(z_ode).float().clamp(-1, 1)
-                    c_img_fake = c_img.clone()
-                    c_img_fake[pure] = d_raw.image_embedding(x_ode)
-                    c_fake = d_raw.condition(pooled, c_img_fake)
-                loss_g = torch.zeros((), device=dev)
-                if cfg.lambda_adv > 0:
-                    # Spectral norm runs one power iteration per forward in train mode: later micro-batches
-                    # reuse the first one's, so L_G sees the weights a single batch would.
-                    d_raw.heads.train(j == 0)
-                    f_fake = d_raw.features(disc.apply_augment(x_hat, rows_of(aug_g, r)))
-                    l_adv = losses.hinge_g(d_raw.heads_forward(f_fake, c_fake)).mean()
-                    d_raw.heads.train(True)
-                    loss_g = loss_g + cfg.lambda_adv * l_adv
-                    out["loss_G"] = l_adv.item()
-                if cfg.lambda_distill > 0:
-                    with torch.no_grad():
-                        z_t = schedule.add_noise(z_hat.detach(), eps2, t)
-                        if cfg.weighting == "nfsd":
-                            z_psi = nfsd_target(teacher_unet, schedule, z_hat.detach(), z_t, t, cond, empty, negative,
-                                                cfg.nfsd_guidance)
-                        else:
-                            z_psi = teacher_x0(teacher_unet, schedule, z_t, t, cond, empty, cfg.teacher_guidance,
-                                               cfg.teacher_steps)
-                        # The paper's latent setting: compare decoded images (distill_space: pixel).
-                        target = z_psi if cfg.distill_space == "latent" else space.decode(z_psi)
-                    pred = z_hat if cfg.distill_space == "latent" else x_hat
-                    c_t = weighting(schedule.alpha(t, pred), schedule.sigma(t, pred))
-                    l_distill = losses.distillation_loss(pred.float(), target.float(), c_t, distance).mean()
-                    loss_g = loss_g + cfg.lambda_distill * l_distill
-                    out["loss_distill"] = l_distill.item()
-                out["loss_student"] = loss_g.item()
-                if not torch.isfinite(loss_g):
-                    return out  # run_loop stops with a clear message before any update
-                accelerator.backward(loss_g / micro if micro > 1 else loss_g)
-            add(out)
-            kept.append((r, x0, x_hat.detach(), c_real.detach() if c_real is not None else None,
-                         c_fake.detach() if c_fake is not None else None))
+                out = student_loss(student, x0, text_r, draws.rows(r).to(dev))
+                loss = out.loss.mean()
+                if not torch.isfinite(loss):
+                    return {"loss_student": loss.item()}  # run_loop stops with a clear message before any update
+                accelerator.backward(loss / micro if micro > 1 else loss)
+            logged(out.parts, sums)
+            fakes.append((r, x0, out.x_hat.detach(), out.c_real, out.c_fake))
+        d_raw.heads.requires_grad_(True)
         if tc.grad_clip > 0:
             accelerator.clip_grad_norm_(student.parameters(), tc.grad_clip)
         opt_g_p.step()
         ema.update(raw_student)
-        # Discriminator: hinge on real and fake, R1 on the heads' inputs for real images.
+        # 4d. Discriminator update with L_D (hinge on real and fake, R1 on the heads' inputs for the reals).
         if cfg.lambda_adv > 0:
-            opt_d_p.zero_grad(set_to_none=True)  # also drops the grads L_G left on the heads
-            for r, x0, x_hat, c_real, c_fake in kept:
+            opt_d_p.zero_grad(set_to_none=True)
+            for r, x0, x_hat, c_real, c_fake in fakes:
+                d = draws.rows(r)
                 with accelerator.autocast():
-                    with torch.no_grad():
-                        f_real = d_raw.features(disc.apply_augment(x0, rows_of(aug_real, r)))
-                        f_fake = d_raw.features(disc.apply_augment(x_hat, rows_of(aug_fake, r)))
-                    f_real = [f.detach().float().requires_grad_(dc.r1_gamma > 0) for f in f_real]
-                    f_fake = [f.float() for f in f_fake]
-                    logits_real = d_raw.heads_forward(f_real, c_real)
-                    logits_fake = d_raw.heads_forward(f_fake, c_fake)
-                    l_d = (losses.hinge_d_real(logits_real) + losses.hinge_d_fake(logits_fake)).mean()
-                    r1 = losses.r1_penalty(logits_real, f_real).mean() if dc.r1_gamma > 0 else torch.zeros(())
-                    loss_d = l_d + dc.r1_gamma * r1
+                    loss_d, parts = disc_loss(x0, x_hat, c_real, c_fake, d.aug_real, d.aug_fake)
+                    loss_d = loss_d.mean()
                 accelerator.backward(loss_d / micro if micro > 1 else loss_d)
-                add(dict(loss_D=l_d.item(), r1=r1.item(),
-                         logits_real=float(sum(l.detach().mean() for l in logits_real)),
-                         logits_fake=float(sum(l.detach().mean() for l in logits_fake))))
+                logged(parts, sums)
             average_gradients(d_raw.heads.parameters(), accelerator)
             opt_d_p.step()
         done = step + 1
         if grid_text is not None and tc.sample_every and done % tc.sample_every == 0 and accelerator.is_main_process:
             ema.copy_to(ema_model)
-            save_student_grid(ema_model, schedule, text, grid_text, cfg, [1, 2, 4],
+            save_student_grid(ema_model, sched_s, text, grid_text, cfg, [1, 2, 4],
                               Path(grid_dir) / f"step_{done:06d}.png", f"ADD student (EMA) at step {done}",
                               space=space)
         return global_means(sums, accelerator)

@@ -12,7 +12,8 @@ from addlib.diffusion import NoiseSchedule
 from addlib.discriminator import Discriminator, FeatureNetwork
 from addlib.latent import PixelSpace, Teacher
 from addlib.models import build_unet
-from addlib.training import teacher_x0, train_add
+from addlib.objective import teacher_x0
+from addlib.training import train_add
 
 
 def _setup(smoke_params, tiny_data, **add_overrides):
@@ -43,6 +44,8 @@ def test_two_steps_then_resume_equals_three(tmp_path, smoke_params, tiny_data):
     add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data, discriminator=augmented)
     _run(add, smoke_params, ds, cache, teacher, disc, tmp_path / "resumed", max_steps=2)
     add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data, discriminator=augmented)
+    f_before = {k: v.clone() for k, v in disc.F.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     resumed = _run(add, smoke_params, ds, cache, teacher, disc, tmp_path / "resumed")
     assert resumed["resumed_from_step"] == 2
     keys = ["loss_G", "loss_distill", "loss_D", "r1", "logits_real", "logits_fake"]
@@ -52,10 +55,11 @@ def test_two_steps_then_resume_equals_three(tmp_path, smoke_params, tiny_data):
     for name in ["student", "disc_heads", "ema"]:
         sa, sb = load_file(str(a / f"{name}.safetensors")), load_file(str(b / f"{name}.safetensors"))
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
-    # the student moved away from the teacher; the frozen F did not move
+    # the student moved away from the teacher; the frozen F and the frozen teacher did not move
     st = load_file(str(a / "student.safetensors"))
     assert any(not torch.equal(st[k], v) for k, v in teacher.state_dict().items())
-    assert all(not p.requires_grad for p in disc.F.parameters())
+    assert all(torch.equal(v, f_before[k]) for k, v in disc.F.state_dict().items())
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
 
 
 @pytest.mark.parametrize("overrides,logged,absent", [
@@ -145,3 +149,30 @@ def test_pure_noise_image_conditioning_variants_run(tmp_path, smoke_params, tiny
                               train=dataclasses.replace(add.train, steps=1))
     row = _run(add, smoke_params, ds, cache, teacher, disc, tmp_path)["history"][-1]
     assert {"loss_G", "loss_D", "logits_fake"} <= row.keys()
+
+
+def test_nfsd_target_by_hand():
+    """Katzir et al.: delta_D = eps(empty) for t < 200, eps(empty) - eps(negative) otherwise; delta_C =
+    eps(c) - eps(empty); x_psi = x_hat - sigma/alpha (delta_D + s delta_C). An epsilon 'teacher' that returns
+    a constant per prompt makes every term a number."""
+    from addlib import config
+    from addlib.objective import nfsd_target
+
+    sch = NoiseSchedule(config.from_dict(config.ScheduleConfig, dict(
+        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, prediction_type="epsilon",
+        rescale_zero_terminal_snr=False), "s"))
+
+    class PerPrompt(torch.nn.Module):  # eps = the first entry of the prompt's states
+        def forward(self, x, t, encoder_hidden_states, encoder_attention_mask):
+            return type("Out", (), {"sample": torch.ones_like(x) * encoder_hidden_states[:, 0, 0].view(-1, 1, 1, 1)})
+
+    states = lambda v: (torch.full((2, 1, 1), v), torch.ones(2, 1))  # noqa: E731
+    e_c, e_u, e_n, s = 3.0, 1.0, -0.5, 2.0
+    x_hat, x_t, t = torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2), torch.tensor([100, 600])
+    out = nfsd_target(PerPrompt(), sch, x_hat, x_t, t, states(e_c), states(e_u), states(e_n), s)
+    ratio = (sch._sigma[t] / sch._alpha[t]).tolist()
+    expect = [-ratio[0] * (e_u + s * (e_c - e_u)), -ratio[1] * ((e_u - e_n) + s * (e_c - e_u))]
+    torch.testing.assert_close(out[:, 0, 0, 0], torch.tensor(expect))
+    # with the empty prompt as the negative one, delta_D vanishes at t >= 200: pure guidance, not NFSD
+    degenerate = nfsd_target(PerPrompt(), sch, x_hat, x_t, t, states(e_c), states(e_u), states(e_u), s)
+    torch.testing.assert_close(degenerate[1, 0, 0, 0], torch.tensor(-ratio[1] * s * (e_c - e_u)))

@@ -52,6 +52,36 @@ def test_bad_values_are_one_line_errors(root, path, value, match):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("edit,match", [
+    (lambda r: r["add"].update(weighting="nfsd", nfsd_negative_prompt=" "),
+     r"add\.nfsd_negative_prompt: is the empty \(unconditional\) prompt, so NFSD's delta_D"),
+    (lambda r: r["add"].update(student_timesteps=[1500, 999]), r"add\.student_timesteps: timesteps must be < num_train_timesteps=1000"),
+    (lambda r: r["add"].update(teacher_t_range=[20, 5000]), r"add\.teacher_t_range: hi must be < num_train_timesteps=1000"),
+    (lambda r: r["evaluate"].update(student_steps=[1, 3]), r"evaluate\.student_steps: \[3\] not possible"),
+    (lambda r: r["teacher"]["schedule"].update(prediction_type="epsilon", rescale_zero_terminal_snr=False),
+     r"add\.student_zero_terminal_snr: an epsilon-prediction student"),
+])
+def test_cross_section_errors_before_any_compute(root, edit, match):
+    raw = _raw(root)
+    edit(raw)
+    with pytest.raises(config.ConfigError, match=match) as e:
+        config.parse(raw)
+    assert "\n" not in str(e.value)
+
+
+def test_the_default_nfsd_negative_prompt_is_not_the_unconditional_one(root):
+    cfg = config.parse(_raw(root))
+    assert cfg.add.nfsd_negative_prompt.strip() != ""
+    raw = _raw(root)
+    raw["add"]["nfsd_negative_prompt"] = ""  # Table 1's NFSD row would then not be NFSD: its run is refused
+    with pytest.raises(config.ConfigError, match=r"ablations\.runs\.nfsd\.overrides\.add\.nfsd_negative_prompt"):
+        config.parse(raw)
+    del raw["ablations"]["runs"]["nfsd"]
+    raw["ablations"]["tables"] = {k: {lab: run for lab, run in rows.items() if run != "nfsd"}
+                                  for k, rows in raw["ablations"]["tables"].items()}
+    config.parse(raw)  # unused unless weighting is nfsd: no error
+
+
 def test_missing_key_is_an_error(root):
     raw = _raw(root)
     del raw["teacher"]["train"]["ema_decay"]

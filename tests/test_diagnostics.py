@@ -36,10 +36,11 @@ def test_trace_is_one_trajectory_cut_after_each_step():
     assert len(trace) == 4
     assert torch.equal(trace[-1], sample_student(net, s, states, mask, noise, ts, seed=7))
     assert torch.equal(trace[0], sample_student(net, s, states, mask, noise, ts[:1], seed=7))
-    # Step 2 by hand: predict at 999, re-noise with the seed's first draw to 749, predict again.
+    # Step 2 by hand: predict at 999, re-noise with the re-noising stream's first draw to 749, predict again.
+    from addlib.sampling import renoise_generator
     t = lambda v: torch.full((3,), v, dtype=torch.long)  # noqa: E731
     x0 = s.x0_from_output(noise, net(noise, t(999), states).sample, t(999))
-    x = s.add_noise(x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(7)), t(749))
+    x = s.add_noise(x0, torch.randn(x0.shape, generator=renoise_generator(7)), t(749))
     torch.testing.assert_close(trace[1], s.x0_from_output(x, net(x, t(749), states).sample, t(749)).clamp(-1, 1))
 
 

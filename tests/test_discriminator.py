@@ -17,7 +17,7 @@ def make_d(seed=0, **kw):
     return Discriminator(FeatureNetwork(tiny_vit(seed), taps=[1, 3]), c_text_dim=6, **kw)
 
 
-@pytest.mark.parametrize("batch", [1, 8, 9, 17])
+@pytest.mark.parametrize("batch", [1, 8, 9, 16, 17, 32, 64])  # 16, 32, 64: the equal-groups path of real batches
 def test_local_batch_norm_matches_torch_per_group(batch):
     torch.manual_seed(batch)
     x = torch.randn(batch, 3, 5) * 3 + 1
@@ -31,6 +31,36 @@ def test_local_batch_norm_matches_torch_per_group(batch):
         ref = F.batch_norm(x[start:start + s], None, None, training=True, eps=1e-5)  # stats over (batch, N)
         torch.testing.assert_close(out[start:start + s], ref, atol=1e-5, rtol=1e-5)
         start += s
+
+
+def test_every_head_conv_is_spectrally_normalised_and_iterates_once_per_step():
+    """The power iteration runs in spectral_step only, never in a forward, even with the discriminator in train
+    mode; each conv's effective weight then has largest singular value 1."""
+    d = make_d().train()
+    convs = [m for m in d.heads.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert len(convs) == 3 * 3  # three per head (kernel 1, kernel 9, the c-map projection), three heads
+    u = lambda: [m.parametrizations.weight[0]._u.clone() for m in convs]  # noqa: E731
+    u0 = u()
+    d(torch.randn(8, 1, 8, 8), torch.randn(8, 6), torch.randn(8, 16))
+    assert all(torch.equal(a, b) for a, b in zip(u0, u()))
+    d.spectral_step()
+    assert all(not torch.equal(a, b) for a, b in zip(u0, u()))
+    for _ in range(300):
+        d.spectral_step()
+    for m in convs:
+        assert torch.nn.utils.parametrize.is_parametrized(m, "weight")
+        top = torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2)
+        assert float(top) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_patch_tap_is_after_the_position_embedding():
+    """StyleGAN-T taps the tokens after timm's position embedding (CLS prepended, positions added), then folds CLS
+    into each patch token like the block taps."""
+    fn = FeatureNetwork(tiny_vit(), taps=[1])
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    vit = fn.backbone
+    tok = torch.cat([vit.cls_token.expand(2, -1, -1), vit.patch_embed(fn.preprocess(x))], 1) + vit.pos_embed
+    torch.testing.assert_close(fn(x)[0][0], (tok[:, 1:] + tok[:, :1]).transpose(1, 2))
 
 
 def test_two_instances_do_not_share_taps():

@@ -33,7 +33,7 @@ def latent_root(tmp_path, root):
     profile = {
         "data": {"source": "folder", "folder": str(img), "resolution": 16, "channels": 3},
         "text_encoder": {"path": str(sd), "max_length": 12, "pooling": "eos", "attention_mask": False},
-        "teacher": {"pretrained": str(sd), "schedule": {**SD_SCHEDULE, "rescale_zero_terminal_snr": True},
+        "teacher": {"pretrained": str(sd), "schedule": {**SD_SCHEDULE, "rescale_zero_terminal_snr": False},
                     "sample": {"prompts": ["a red square", "a blue square"]}},
         "features": {"img_size": 16, "patch_size": 4},
         "add": {"sample_prompts": ["a red square", "a green square"]},

@@ -21,22 +21,39 @@ def test_hinge_by_hand():
 
 
 def test_r1_on_a_linear_head_by_hand():
-    """Head D(f) = mean_n (w . f[:, :, n]) + b over (B, C, N) input: dD/df[:, c, n] = w_c / N, so
-    ||grad||^2 = N * ||w||^2 / N^2 = ||w||^2 / N, the same for every sample."""
+    """Head D(f)_n = w . f[:, :, n] + b over (B, C, N) input: d(sum_n D_n)/df[:, c, n] = w_c, so
+    ||grad||^2 = N ||w||^2, and divided by the N tokens: ||w||^2, the same for every sample."""
     torch.manual_seed(0)
     B, C, N = 3, 4, 5
     w, b = torch.randn(C), torch.randn(())
     f = torch.randn(B, C, N, requires_grad=True)
     logits = torch.einsum("c,bcn->bn", w, f) + b
     r1 = L.r1_penalty([logits], [f])
-    assert torch.allclose(r1, torch.full((B,), float(w.pow(2).sum() / N)), atol=1e-6)
+    assert torch.allclose(r1, torch.full((B,), float(w.pow(2).sum())), atol=1e-5)
     # two heads add; and the penalty is differentiable w.r.t. the head weights (create_graph)
     w2 = torch.randn(C, requires_grad=True)
     g = torch.randn(B, C, 2, requires_grad=True)
     r1 = L.r1_penalty([logits, torch.einsum("c,bcn->bn", w2, g)], [f, g])
-    assert torch.allclose(r1, torch.full((B,), float(w.pow(2).sum() / N + w2.pow(2).sum() / 2)), atol=1e-5)
+    assert torch.allclose(r1, torch.full((B,), float(w.pow(2).sum() + w2.pow(2).sum())), atol=1e-5)
     (dw2,) = torch.autograd.grad(r1.sum(), [w2])
-    assert torch.allclose(dw2, B * 2 * w2.detach() / 2, atol=1e-5)  # d/dw2 of B*||w2||^2/2
+    assert torch.allclose(dw2, B * 2 * w2.detach(), atol=1e-5)  # d/dw2 of B ||w2||^2
+
+
+@pytest.mark.parametrize("copies", [2, 7])
+def test_r1_does_not_change_when_every_token_is_duplicated(copies):
+    """gamma must mean the same at 16 tokens and at 256 (ADD_NOTES): duplicating the tokens of a linear head
+    leaves R1 unchanged (the token-mean logit's penalty would shrink by 1/copies, the token-sum's grow)."""
+    torch.manual_seed(1)
+    B, C, N = 2, 3, 4
+    w = torch.randn(C)
+    head = lambda f: torch.einsum("c,bcn->bn", w, f) + 0.3  # noqa: E731
+    f = torch.randn(B, C, N, requires_grad=True)
+    f_dup = f.detach().repeat(1, 1, copies).requires_grad_(True)
+    r1, r1_dup = L.r1_penalty([head(f)], [f]), L.r1_penalty([head(f_dup)], [f_dup])
+    torch.testing.assert_close(r1_dup, r1)
+    # and a nonlinear head (tanh) on duplicated tokens: the same per-token gradients, so again unchanged
+    nl = lambda f: torch.tanh(torch.einsum("c,bcn->bn", w, f))  # noqa: E731
+    torch.testing.assert_close(L.r1_penalty([nl(f_dup)], [f_dup]), L.r1_penalty([nl(f)], [f]))
 
 
 def test_weightings_match_formulas():
@@ -77,6 +94,24 @@ def test_perceptual_distance_is_zero_on_identical_and_scale_invariant():
     x, y = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
     assert torch.allclose(L.distance_perceptual(x, x, feats), torch.zeros(2))
     assert (L.distance_perceptual(x, y, feats) > 0).all()
+    # channel normalisation: features scaled per token by a positive factor are at distance 0
+    assert torch.allclose(L.distance_perceptual(x, 3.0 * x, feats), torch.zeros(2), atol=1e-6)
+    scale = torch.rand(2, 1, 4, 4) + 0.5  # per pixel = per token here
+    assert torch.allclose(L.distance_perceptual(x, scale * x, feats), torch.zeros(2), atol=1e-6)
+
+
+def test_perceptual_distance_by_hand():
+    """One layer, 2 channels, 2 tokens: sum over channels of the squared difference of unit vectors, averaged
+    over tokens; layers add."""
+    a = torch.tensor([[[3.0, 0.0], [4.0, 2.0]]])   # tokens (3, 4) and (0, 2): unit (0.6, 0.8) and (0, 1)
+    b = torch.tensor([[[0.0, 1.0], [5.0, 0.0]]])   # tokens (0, 5) and (1, 0): unit (0, 1) and (1, 0)
+    feats = {id(x): f for x, f in ((torch.zeros(1), a), (torch.ones(1), b))}
+    xa, xb = torch.zeros(1), torch.ones(1)
+    feats = {id(xa): [a, 2 * a], id(xb): [b, b]}
+    d = L.distance_perceptual(xa, xb, lambda x: feats[id(x)])
+    tok0 = 0.6 ** 2 + (0.8 - 1) ** 2
+    tok1 = 1 + 1
+    torch.testing.assert_close(d, torch.tensor([2 * (tok0 + tok1) / 2]))
 
 
 def test_distillation_target_carries_no_gradient():

@@ -122,3 +122,38 @@ def test_solvers_recover_a_point_mass_with_an_epsilon_teacher(sampler):
     # The solvers stop at t = 0, where this schedule keeps sigma_0 = 0.029 of noise (as SD's own pipelines do).
     torch.testing.assert_close(x, target.expand(3, -1, -1, -1), atol=0.12, rtol=0)
     assert (x - target).abs().mean() < 0.04
+
+
+def test_student_renoises_with_fresh_noise_to_the_next_timestep():
+    """Step 2's input is alpha_499 x0_hat + sigma_499 eps' with eps' from the re-noising stream: not x_T (a shared
+    seed made it x_T for the first batch), not re-noised to the current timestep, independent of x_T."""
+    from addlib.sampling import renoise_generator, sample_student
+    s = _schedule()
+    target = torch.linspace(-0.8, 0.8, 256).view(1, 1, 16, 16)
+    net = DeltaDenoiser(s, target)  # x0 = target exactly, whatever its input
+    inputs = []
+    net.register_forward_pre_hook(lambda m, args: inputs.append((args[0].clone(), args[1].clone())))
+    noise = initial_noise(4, (1, 16, 16), seed=3)
+    sample_student(net, s, torch.zeros(4, 2, 8), torch.ones(4, 2), noise, [999, 499], seed=3)
+    (x1, t1), (x2, t2) = inputs
+    assert torch.equal(x1, noise) and t1.tolist() == [999] * 4 and t2.tolist() == [499] * 4
+    eps_prime = torch.randn(noise.shape, generator=renoise_generator(3))
+    t = torch.full((4,), 499)
+    torch.testing.assert_close(x2, s.alpha(t, x2) * target + s.sigma(t, x2) * eps_prime)
+    recovered = (x2 - s.alpha(t, x2) * target) / s.sigma(t, x2)
+    assert not torch.allclose(recovered, noise, atol=1e-3)
+    corr = torch.corrcoef(torch.stack([recovered.flatten(), noise.flatten()]))[0, 1]
+    assert abs(float(corr)) < 0.1  # 1,024 pairs: independent draws give |r| ~ 0.03
+
+
+@pytest.mark.parametrize("steps", [0, -1, 3, 5, 2.0, True])
+def test_student_step_counts_it_was_not_trained_for_are_one_line_errors(steps):
+    from addlib.sampling import student_step_counts, student_timesteps
+    trained = [999, 749, 499, 249]
+    assert student_step_counts(trained) == [1, 2, 4]
+    assert student_timesteps(1, trained) == [999] and student_timesteps(2, trained) == [999, 499]
+    assert student_timesteps(4, trained) == trained
+    with pytest.raises(ValueError, match=r"samples with 1, 2, 4 steps") as e:
+        student_timesteps(steps, trained)
+    assert "\n" not in str(e.value)
+    assert student_step_counts([999, 666, 333]) == [1, 3]  # 2 steps would need t = 499

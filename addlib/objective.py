@@ -1,0 +1,249 @@
+"""The ADD objective (sections 3.2 and 3.3) as pure callables, in the manner of EDM's ``loss.py``: each call
+returns *per-sample* losses (and the per-sample values a step logs); nothing here reduces over the batch, calls
+``backward`` or steps an optimizer. ``training.train_add`` owns those.
+
+    StudentLoss:        L(x0, c) = lambda_adv L_G(x_hat) + lambda L_distill(x_hat, sg(x_psi))
+    DiscriminatorLoss:  L_D(x0, x_hat) = hinge_real(x0) + hinge_fake(x_hat) + gamma R1(x0)
+
+Every random draw of a step is made by :func:`draw_step` for the *global* batch and sliced (training.py's
+header), so both callables are deterministic functions of their inputs, and a step gives the same values
+whatever the number of processes and micro-batches.
+
+Two schedules (diffusion.py): the student noises its input and reads its x0 on the *student's* schedule; the
+frozen teacher is re-noised into, read back and weighted (c(t)) on the schedule it was trained with.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from . import discriminator as disc_mod
+from . import losses
+from .diffusion import NoiseSchedule
+
+
+# --------------------------------------------------------------------------------------------------
+# The teacher's x0 estimates (section 3.3): the distillation target, NFSD's target, the c_img solve.
+
+
+def teacher_x0(teacher, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, cond, uncond,
+               guidance: float, steps: int) -> torch.Tensor:
+    """The teacher's x0 estimate from x_t: one prediction (steps = 1), or a deterministic DDIM solve from
+    t to 0 in ``steps`` steps (Table 1f), with classifier-free guidance ``guidance``. ``schedule`` is the
+    teacher's own."""
+    from .sampling import guided_v
+
+    x = x_t
+    for j in range(steps):
+        t_j = (t.float() * (steps - j) / steps).round().long()
+        v = guided_v(teacher, x, t_j, cond, uncond, guidance)
+        x0 = schedule.x0_from_output(x, v, t_j)
+        if j + 1 < steps:
+            t_next = (t.float() * (steps - j - 1) / steps).round().long()
+            x = schedule.add_noise(x0, schedule.eps_from_output(x, v, t_j), t_next)
+    return x0
+
+
+def nfsd_target(teacher, schedule: NoiseSchedule, x_hat: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                cond, uncond, negative, s: float) -> torch.Tensor:
+    """Noise-free score distillation (Katzir et al. 2023) as a distillation target.
+
+    NFSD replaces SDS's (eps_hat - eps) by delta_D + s * delta_C, with delta_C = eps(x_t, c) - eps(x_t, empty)
+    and delta_D = eps(x_t, empty) for t < 200, eps(x_t, empty) - eps(x_t, negative prompt) otherwise.
+    The target x_psi = x_hat - (sigma / alpha) (delta_D + s delta_C) makes the SDS-weighted squared distance
+    have exactly that gradient (see losses.py). The negative prompt must describe a bad image: the empty
+    prompt would make delta_D = 0 (the config refuses it).
+    """
+    eps = lambda c: schedule.eps_from_output(x_t, teacher(x_t, t, encoder_hidden_states=c[0],  # noqa: E731
+                                                       encoder_attention_mask=c[1]).sample, t)
+    e_c, e_u, e_n = eps(cond), eps(uncond), eps(negative)
+    small_t = (t < 200).view(-1, *([1] * (x_t.ndim - 1)))
+    delta_d = torch.where(small_t, e_u, e_u - e_n)
+    g = delta_d + s * (e_c - e_u)
+    return x_hat - schedule.sigma(t, x_t) / schedule.alpha(t, x_t).clamp_min(1e-4) * g
+
+
+# --------------------------------------------------------------------------------------------------
+# One step's random draws.
+
+
+@dataclasses.dataclass
+class Draws:
+    """Every random draw of one ADD step, one row per sample of the global batch."""
+    s: torch.Tensor            # (B,) student timesteps, uniform over add.student_timesteps
+    eps: torch.Tensor          # noise of the student's input x_s = alpha_s x0 + sigma_s eps
+    t: torch.Tensor            # (B,) teacher timesteps of the re-noised student output
+    eps_prime: torch.Tensor    # fresh noise of that re-noising (never eps)
+    aug_g: dict | None         # D's augmentation of the generator's fakes (L_G)
+    aug_real: dict | None      # ... of D's reals (L_D)
+    aug_fake: dict | None      # ... of D's fakes (L_D)
+
+    def rows(self, r) -> "Draws":
+        """The draws of rows ``r`` (a micro-batch or a process's share)."""
+        pick = lambda a: None if a is None else ({k: v[r] for k, v in a.items()} if isinstance(a, dict)  # noqa: E731
+                                                  else a[r])
+        return Draws(*(pick(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+    def to(self, device) -> "Draws":
+        """Timesteps and noises on ``device`` (augmentation parameters are moved where they are applied)."""
+        return dataclasses.replace(self, s=self.s.to(device), eps=self.eps.to(device), t=self.t.to(device),
+                                   eps_prime=self.eps_prime.to(device))
+
+
+def teacher_timesteps(u: torch.Tensor, s: torch.Tensor, lo: int, hi: int, T: int, at_most_s: bool) -> torch.Tensor:
+    """Teacher timesteps from uniform integer draws ``u`` in [lo, hi]: as they are (the paper's U[lo, hi]), or,
+    with ``at_most_s``, rescaled into [lo, min(hi, s)] for an input that had noise (s < T-1), so the teacher
+    never re-noises the student's output further than the student's input was."""
+    if not at_most_s:
+        return u
+    top = torch.where(s < T - 1, s.clamp(lo, hi), torch.full_like(s, hi))
+    return lo + (u - lo) * (top - lo + 1) // (hi - lo + 1)
+
+
+def draw_step(cfg, generator: torch.Generator, aug_generator: torch.Generator, batch: int,
+              latent_shape: tuple, pixel_shape: tuple, T: int) -> Draws:
+    """The draws of one step for a global batch of ``batch`` (``cfg``: ADDConfig). Order of draws: s, eps, t,
+    eps_prime from ``generator``; the three augmentations from ``aug_generator``."""
+    tau = torch.tensor(cfg.student_timesteps)
+    lo, hi = cfg.teacher_t_range
+    s = tau[torch.randint(0, len(tau), (batch,), generator=generator)]
+    eps = torch.randn((batch, *latent_shape), generator=generator)
+    t = teacher_timesteps(torch.randint(lo, hi + 1, (batch,), generator=generator), s, lo, hi, T,
+                          cfg.teacher_t_at_most_s)
+    eps_prime = torch.randn((batch, *latent_shape), generator=generator)
+    augment = {k: k in cfg.discriminator.augment for k in ("color", "translation", "cutout")}
+    augs = ([disc_mod.draw_augment(batch, *pixel_shape, aug_generator, **augment) for _ in range(3)]
+            if cfg.lambda_adv > 0 else [None] * 3)
+    return Draws(s, eps, t, eps_prime, *augs)
+
+
+# --------------------------------------------------------------------------------------------------
+# The two losses.
+
+
+@dataclasses.dataclass
+class StudentOutput:
+    loss: torch.Tensor         # (B,) lambda_adv L_G + lambda L_distill
+    parts: dict                # name -> (B,) tensor: loss_G, loss_distill, loss_student (what the step logs)
+    x_hat: torch.Tensor        # the student's decoded x0 (with its graph)
+    c_real: torch.Tensor | None  # D's condition for the real x0 (no graph)
+    c_fake: torch.Tensor | None  # ... for the student's x_hat
+
+
+class StudentLoss:
+    """The student's objective, section 3: L = lambda_adv L_G + lambda L_distill, per sample.
+
+    1. x_s = alpha_s z0 + sigma_s eps at a student timestep s; x_hat = the student's x0 prediction (decoded).
+    2. L_G = -sum_k mean_n D_k(F_k(x_hat); c_text, c_img), the gradient flowing through the frozen F.
+    3. x_hat re-noised with fresh eps' at a teacher timestep t on the teacher's schedule; the frozen teacher's
+       x0 estimate x_psi (or NFSD's target) is the target, under stop-gradient; L_distill = c(t) d(x_hat, x_psi).
+    """
+
+    def __init__(self, cfg, teacher_unet, teacher_schedule: NoiseSchedule, student_schedule: NoiseSchedule,
+                 space, discriminator, empty, negative):
+        self.cfg = cfg                          # ADDConfig
+        self.teacher = teacher_unet             # frozen teacher UNet (eval, no grad)
+        self.sched_t = teacher_schedule         # the schedule the teacher was trained with
+        self.sched_s = student_schedule         # the student's (zero terminal SNR where configured)
+        self.space = space                      # PixelSpace or VAESpace (D and pixel distances see pixels)
+        self.D = discriminator                  # frozen F + heads (the step freezes the heads for this loss)
+        self.empty, self.negative = empty, negative  # (states, mask), each (1, L, D): "" and NFSD's negative
+        self.weighting = losses.WEIGHTINGS[cfg.weighting]
+        self.distance = {
+            "mse": losses.distance_mse, "l1": losses.distance_l1, "pseudo_huber": losses.distance_pseudo_huber,
+            "perceptual": lambda a, b: losses.distance_perceptual(a, b, discriminator.features),
+        }[cfg.distance]
+
+    def fake_condition(self, pooled, c_img, z_s, s, states, mask) -> torch.Tensor | None:
+        """D's condition for the fakes. A fake made from pure noise (alpha_s = 0 carries no trace of the x0 whose
+        c_img the batch drew) gets, with ``c_img_pure_noise: teacher_ode``, the embedding of the teacher's
+        deterministic solve from that same noise: a deviation from the paper's literal reading (which is silent
+        here) that makes D's image condition a function of the noise, so identical outputs stop receiving
+        identical gradients (without it the 1-step student collapses to one template per prompt)."""
+        dc = self.cfg.discriminator
+        pure = s == self.sched_s.T - 1
+        if not (dc.c_img and dc.c_img_pure_noise == "teacher_ode" and pure.any()):
+            return self.D.condition(pooled, c_img)
+        with torch.no_grad():
+            n = int(pure.sum())
+            empty = tuple(a.expand(n, *a.shape[1:]) for a in self.empty)
+            z_ode = teacher_x0(self.teacher, self.sched_t, z_s[pure], s[pure], (states[pure], mask[pure]), empty,
+                               dc.ode_guidance, dc.ode_steps)
+            x_ode = self.space.decode(z_ode).float().clamp(-1, 1)
+            c_img = c_img.clone()
+            c_img[pure] = self.D.image_embedding(x_ode)
+        return self.D.condition(pooled, c_img)
+
+    def __call__(self, student, x0: torch.Tensor, text, d: Draws) -> StudentOutput:
+        cfg = self.cfg
+        states, mask, pooled = text
+        n = len(x0)
+        # 1. The student's x0 from x_s (z = x for a pixel-space teacher).
+        z0 = self.space.encode(x0)
+        z_s = self.sched_s.add_noise(z0, d.eps, d.s)
+        z_hat = self.sched_s.x0_from_output(
+            z_s, student(z_s, d.s, encoder_hidden_states=states, encoder_attention_mask=mask).sample, d.s)
+        x_hat = self.space.decode(z_hat)
+        # 2. D's conditions: c_text and the real image's c_img (section 3.2, Table 1b).
+        c_img = self.D.image_embedding(x0) if cfg.discriminator.c_img else None
+        c_real = self.D.condition(pooled, c_img)
+        c_fake = self.fake_condition(pooled, c_img, z_s, d.s, states, mask)
+        loss = torch.zeros(n, device=x0.device)
+        parts = {}
+        # 3. Adversarial: L_G = -sum_k D_k(F_k(x_hat)).
+        if cfg.lambda_adv > 0:
+            f_fake = self.D.features(disc_mod.apply_augment(x_hat, d.aug_g))
+            l_adv = losses.hinge_g(self.D.heads_forward(f_fake, c_fake))
+            loss = loss + cfg.lambda_adv * l_adv
+            parts["loss_G"] = l_adv
+        # 4. Distillation: the teacher denoises the re-noised x_hat; c(t) d(x_hat, sg(x_psi)).
+        if cfg.lambda_distill > 0:
+            with torch.no_grad():
+                z_t = self.sched_t.add_noise(z_hat.detach(), d.eps_prime, d.t)
+                empty = tuple(a.expand(n, *a.shape[1:]) for a in self.empty)
+                if cfg.weighting == "nfsd":
+                    negative = tuple(a.expand(n, *a.shape[1:]) for a in self.negative)
+                    z_psi = nfsd_target(self.teacher, self.sched_t, z_hat.detach(), z_t, d.t, (states, mask), empty,
+                                        negative, cfg.nfsd_guidance)
+                else:
+                    z_psi = teacher_x0(self.teacher, self.sched_t, z_t, d.t, (states, mask), empty,
+                                       cfg.teacher_guidance, cfg.teacher_steps)
+                # The paper's latent setting: compare decoded images (distill_space: pixel).
+                target = z_psi if cfg.distill_space == "latent" else self.space.decode(z_psi)
+            pred = z_hat if cfg.distill_space == "latent" else x_hat
+            c_t = self.weighting(self.sched_t.alpha(d.t, pred), self.sched_t.sigma(d.t, pred))
+            l_distill = losses.distillation_loss(pred.float(), target.float(), c_t, self.distance)
+            loss = loss + cfg.lambda_distill * l_distill
+            parts["loss_distill"] = l_distill
+        parts["loss_student"] = loss
+        return StudentOutput(loss, parts, x_hat, None if c_real is None else c_real.detach(),
+                             None if c_fake is None else c_fake.detach())
+
+
+class DiscriminatorLoss:
+    """D's objective, section 3.2: hinge on real and fake, R1 on the heads' inputs for the reals, per sample.
+
+        L_D = sum_k mean_n max(0, 1 - D_k(F_k(x0))) + sum_k mean_n max(0, 1 + D_k(F_k(x_hat))) + gamma R1
+
+    F is frozen, so its features are computed without a graph; the fakes carry no gradient to the student.
+    """
+
+    def __init__(self, discriminator, r1_gamma: float):
+        self.D = discriminator        # frozen F + trainable heads
+        self.gamma = r1_gamma         # R1 weight (token-count normalised, losses.r1_penalty)
+
+    def __call__(self, x0: torch.Tensor, x_hat: torch.Tensor, c_real, c_fake, aug_real: dict | None,
+                 aug_fake: dict | None) -> tuple[torch.Tensor, dict]:
+        with torch.no_grad():
+            f_real = self.D.features(disc_mod.apply_augment(x0, aug_real))
+            f_fake = self.D.features(disc_mod.apply_augment(x_hat.detach(), aug_fake))
+        f_real = [f.detach().float().requires_grad_(self.gamma > 0) for f in f_real]
+        logits_real = self.D.heads_forward(f_real, c_real)
+        logits_fake = self.D.heads_forward([f.float() for f in f_fake], c_fake)
+        l_d = losses.hinge_d_real(logits_real) + losses.hinge_d_fake(logits_fake)
+        r1 = losses.r1_penalty(logits_real, f_real) if self.gamma > 0 else torch.zeros_like(l_d)
+        parts = {"loss_D": l_d, "r1": r1,
+                 "logits_real": sum(l.detach().float().mean(1) for l in logits_real),
+                 "logits_fake": sum(l.detach().float().mean(1) for l in logits_fake)}
+        return l_d + self.gamma * r1, parts

@@ -1,0 +1,65 @@
+"""Mutation check of the ADD core: plant one plausible bug at a time, run the tests that cover it, and report
+whether some test failed (CAUGHT) or all passed (MISSED). Every mutation must be CAUGHT.
+
+    .venv/bin/python tests/mutations.py            # all (about 8 minutes on 2 cores)
+    .venv/bin/python tests/mutations.py "R1"       # those whose name contains "R1"
+
+Not collected by pytest (the file name does not start with test_). It edits files in place and restores them;
+do not run it beside another job that reads addlib/.
+"""
+import pathlib
+import subprocess
+import sys
+
+R = pathlib.Path(__file__).resolve().parents[1]
+T_CORE = "tests/test_add_reference.py tests/test_add.py tests/test_losses.py tests/test_discriminator.py"
+M = [
+ ("teacher target not stop-gradiented", [("addlib/losses.py", "distance(x_hat, x_target.detach())", "distance(x_hat, x_target)"),
+   ("addlib/objective.py", "            with torch.no_grad():\n                z_t = self.sched_t.add_noise(z_hat.detach(),", "            if True:\n                z_t = self.sched_t.add_noise(z_hat,")], T_CORE),
+ ("L_G sign flipped", [("addlib/objective.py", "l_adv = losses.hinge_g(", "l_adv = -losses.hinge_g(")], T_CORE),
+ ("c(t) at s instead of t", [("addlib/objective.py", "self.weighting(self.sched_t.alpha(d.t, pred), self.sched_t.sigma(d.t, pred))", "self.weighting(self.sched_t.alpha(d.s, pred), self.sched_t.sigma(d.s, pred))")], T_CORE),
+ ("teacher re-noising reuses the student's eps", [("addlib/objective.py", "d.eps_prime, d.t)", "d.eps, d.t)")], T_CORE),
+ ("R1 dropped from L_D", [("addlib/objective.py", "return l_d + self.gamma * r1, parts", "return l_d, parts")], T_CORE),
+ ("perceptual distance without channel normalisation", [("addlib/losses.py", "        a = a / (a.norm(dim=1, keepdim=True) + 1e-8)\n        b = b / (b.norm(dim=1, keepdim=True) + 1e-8)\n", "")], T_CORE),
+ ("local BN equal-groups path with whole-batch statistics", [("addlib/discriminator.py", "g = x.reshape(n_groups, B // n_groups, *x.shape[1:])", "g = x.reshape(1, B, *x.shape[1:])")], T_CORE),
+ ("spectral norm removed", [("addlib/discriminator.py", "    return nn.utils.parametrizations.spectral_norm(conv)", "    return conv")], T_CORE),
+ ("c_img not normalised", [("addlib/discriminator.py", "[F.normalize(c_img, dim=-1)]", "[c_img]")], T_CORE),
+ ("conditioning ignored", [("addlib/discriminator.py", "cmap = self.cmapper(c)[:, :, None]", "cmap = self.cmapper(torch.zeros_like(c))[:, :, None]")], T_CORE),
+ ("teacher re-noised on the student's schedule", [("addlib/objective.py", "z_t = self.sched_t.add_noise(", "z_t = self.sched_s.add_noise(")], T_CORE + " tests/test_latent.py"),
+ ("teacher target read back on the student's schedule", [("addlib/objective.py", "z_psi = teacher_x0(self.teacher, self.sched_t, z_t,", "z_psi = teacher_x0(self.teacher, self.sched_s, z_t,")], T_CORE),
+ ("c_img ODE solve on the student's schedule", [("addlib/objective.py", "z_ode = teacher_x0(self.teacher, self.sched_t,", "z_ode = teacher_x0(self.teacher, self.sched_s,")], T_CORE),
+ ("R1 on the token-mean logit (vanishes as 1/N)", [("addlib/losses.py", "total = sum(l.float().sum() for l in logits)", "total = sum(l.float().mean(1).sum() for l in logits)"),
+   ("addlib/losses.py", "g.float().pow(2).flatten(1).sum(1) / l.shape[1] for", "g.float().pow(2).flatten(1).sum(1) for")], T_CORE),
+ ("power iteration in every forward (heads in train mode)", [("addlib/discriminator.py", "        super().train(mode)\n        self.heads.eval()\n", "        super().train(mode)\n")], T_CORE),
+ ("no power iteration in the step", [("addlib/training.py", "            d_raw.spectral_step()", "            pass")], T_CORE),
+ ("L_G leaves gradients on the heads", [("addlib/training.py", "        d_raw.heads.requires_grad_(False)\n", "")], T_CORE),
+ ("patch tap before the position embedding", [("addlib/discriminator.py", "backbone.pos_drop.register_forward_hook", "backbone.patch_embed.register_forward_hook"),
+   ("addlib/discriminator.py", "            tok = self._store[name]\n            feats.append(tok[:, p:] + tok[:, :1])", "            tok = self._store[name]\n            feats.append(tok if name == 'patch' else tok[:, p:] + tok[:, :1])")], T_CORE),
+ ("sampler re-noise stream = starting-noise seed", [("addlib/sampling.py", "    g = renoise_generator(seed)\n", "    g = torch.Generator().manual_seed(seed)\n")], "tests/test_sampling.py"),
+ ("sampler re-noises to the current timestep", [("addlib/sampling.py", "x = schedule.add_noise(x0, eps, t_next)", "x = schedule.add_noise(x0, eps, t)")], "tests/test_sampling.py"),
+ ("NFSD delta_D sign", [("addlib/objective.py", "delta_d = torch.where(small_t, e_u, e_u - e_n)", "delta_d = torch.where(small_t, e_u, e_n - e_u)")], "tests/test_add.py"),
+ ("NFSD empty negative prompt accepted", [("addlib/config.py", 'self.weighting != "nfsd" or self.nfsd_negative_prompt.strip() != ""', "True")], "tests/test_config.py"),
+ ("teacher schedule rescaling not checked", [("addlib/latent.py", '''              "rescale_zero_terminal_snr": bool(sc.get("rescale_betas_zero_snr", False))}''', "}")], "tests/test_latent.py"),
+ ("student's steps unchecked (trailing for any k)", [("addlib/sampling.py", "    if isinstance(steps, bool) or not isinstance(steps, int) or steps not in allowed:", "    if False:")], "tests/test_sampling.py"),
+ ("c_img of pure-noise fakes from the real x0", [("addlib/objective.py", '        if not (dc.c_img and dc.c_img_pure_noise == "teacher_ode" and pure.any()):', "        if True:")], T_CORE),
+]
+only = sys.argv[1:]
+for name, edits, tests in M:
+    if only and not any(o in name for o in only):
+        continue
+    saved = {}
+    ok = True
+    for f, old, new in edits:
+        p = R / f
+        saved.setdefault(p, p.read_text())
+        txt = p.read_text()
+        if txt.count(old) != 1:
+            print(f"!! {name}: pattern not found once in {f}: {old[:50]!r}"); ok = False; break
+        p.write_text(txt.replace(old, new))
+    if ok:
+        r = subprocess.run(f"{sys.executable} -m pytest -x -q -p no:cacheprovider {tests}", shell=True, cwd=R,
+                           capture_output=True, text=True)
+        failed = [l for l in r.stdout.splitlines() if l.startswith("FAILED") or l.startswith("ERROR")]
+        print(f"{'CAUGHT' if r.returncode else 'MISSED'}: {name}: {failed[0] if failed else r.stdout.strip().splitlines()[-1]}", flush=True)
+    for p, txt in saved.items():
+        p.write_text(txt)

@@ -1,0 +1,227 @@
+"""One ADD training step against a short, independent, straight-line re-implementation of the paper's step.
+
+The reference below uses only the tiny networks' raw parameters, diffusers' own schedule tables and the paper's
+formulas (ADD sections 3.1-3.3, StyleGAN-T's discriminator head); it imports nothing of addlib's objective,
+losses, discriminator or diffusion code. One real ``train_add`` step is run on the same networks and draws, and
+the losses it logs, the student's gradients and the discriminator heads' gradients (captured just before each
+optimizer step) must equal the reference's. The teacher runs on its *stock* schedule while the student runs at
+zero terminal SNR, so a teacher driven on the student's schedule fails here too.
+"""
+import copy
+import dataclasses
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from addlib.config import ScheduleConfig
+from addlib.diffusion import NoiseSchedule
+from addlib.discriminator import Discriminator, FeatureNetwork
+from addlib.latent import PixelSpace, Teacher
+from addlib.models import build_unet
+from addlib.training import batch_indices, step_generator, train_add
+
+B = 16  # two local-batch-norm groups of 8: the equal-groups path every real batch takes
+
+
+# --------------------------------------------------------------------------------------------------
+# The reference: schedules from diffusers, F's taps by walking the ViT, heads from their raw parameters.
+
+
+def alphas_sigmas(beta_schedule, beta_start, beta_end, zero_snr):
+    from diffusers import DDPMScheduler
+
+    ac = DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule, beta_start=beta_start,
+                       beta_end=beta_end, rescale_betas_zero_snr=zero_snr).alphas_cumprod.double()
+    return ac.sqrt().float(), (1 - ac).sqrt().float()
+
+
+def col(table, t):
+    return table[t].view(-1, 1, 1, 1)
+
+
+def vit_taps(vit, x):
+    """StyleGAN-T's taps of a timm ViT, by hand: tokens after the position embedding and after blocks 0 and 1,
+    CLS added to every patch token, as (B, C, N); and the final CLS token (c_img)."""
+    x = ((x + 1) / 2 - 0.5) / 0.5                       # timm's mean/std of 0.5 on [0, 1] inputs
+    tok = vit.patch_embed(x)
+    tok = torch.cat([vit.cls_token.expand(len(x), -1, -1), tok], 1) + vit.pos_embed
+    taps = [tok]
+    for blk in vit.blocks:
+        tok = blk(tok)
+        taps.append(tok)
+    fold = [(a[:, 1:] + a[:, :1]).transpose(1, 2) for a in taps]
+    return fold, vit.norm(tok)[:, 0]
+
+
+def local_bn(x, w, b, group=8):
+    out = []
+    for g in x.split(group):
+        mean = g.mean(dim=(0, 2), keepdim=True)
+        var = ((g - mean) ** 2).mean(dim=(0, 2), keepdim=True)
+        out.append((g - mean) / torch.sqrt(var + 1e-5))
+    return torch.cat(out) * w[None, :, None] + b[None, :, None]
+
+
+def sn_weight(p, name, uv):
+    """Spectral norm after one power iteration from the stored u, v (torch's order: u from v, then v from u)."""
+    w = p[name + ".parametrizations.weight.original"]
+    m = w.flatten(1)
+    u, v = uv[name]
+    u = F.normalize(m.detach() @ v, dim=0, eps=1e-12)
+    v = F.normalize(m.detach().t() @ u, dim=0, eps=1e-12)
+    return w / (u @ (m @ v))
+
+
+def head(p, k, f, c, uv, cmap_dim=64):
+    pre = f"{k}."
+    conv = lambda x, name, pad: F.conv1d(F.pad(x, (pad, pad), mode="circular") if pad else x,  # noqa: E731
+                                         sn_weight(p, pre + name, uv), p[pre + name + ".bias"])
+    h = F.leaky_relu(local_bn(conv(f, "main.0.0", 0), p[pre + "main.0.1.weight"], p[pre + "main.0.1.bias"]), 0.2)
+    r = F.leaky_relu(local_bn(conv(h, "main.1.fn.0", 4), p[pre + "main.1.fn.1.weight"], p[pre + "main.1.fn.1.bias"]), 0.2)
+    h = (h + r) / math.sqrt(2)
+    out = conv(h, "cls", 0)
+    cmap = c @ p[pre + "cmapper.weight"].t() + p[pre + "cmapper.bias"]
+    return (out * cmap[:, :, None]).sum(1) / math.sqrt(cmap_dim)
+
+
+def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, pooled, draws, sched_s, sched_t):
+    """The losses and gradients of one ADD step, straight from the paper's formulas."""
+    (a_s, s_s), (a_t, s_t) = sched_s, sched_t
+    s, eps, t, eps_p = draws
+    dc = cfg.discriminator
+    params = dict(student.named_parameters())
+    p = {k: v.detach().clone().requires_grad_(True) for k, v in heads0.items()}
+    cond = lambda c_img: torch.cat([pooled, F.normalize(c_img, dim=-1)], 1)  # noqa: E731
+    D = lambda feats, c: [head(p, k, f, c, uv) for k, f in enumerate(feats)]  # noqa: E731
+    unet = lambda net, x, tt: net(x, tt, encoder_hidden_states=states, encoder_attention_mask=mask).sample  # noqa: E731
+
+    # Student (v-prediction): x_s on the student's schedule; x_hat = alpha x_s - sigma v.
+    x_s = col(a_s, s) * x0 + col(s_s, s) * eps
+    x_hat = col(a_s, s) * x_s - col(s_s, s) * unet(student, x_s, s)
+    with torch.no_grad():
+        c_img = vit_taps(vit, x0)[1]
+        c_img_fake = c_img.clone()
+        pure = s == 999
+        if dc.c_img_pure_noise == "teacher_ode" and pure.any():  # DDIM from the same noise on the teacher's schedule
+            z, n = x_s.clone(), dc.ode_steps
+            for j in range(n):
+                tj = (s.float() * (n - j) / n).round().long()
+                v = unet(teacher, z, tj)
+                z0, e = col(a_t, tj) * z - col(s_t, tj) * v, col(s_t, tj) * z + col(a_t, tj) * v
+                if j + 1 < n:
+                    tn = (s.float() * (n - j - 1) / n).round().long()
+                    z = col(a_t, tn) * z0 + col(s_t, tn) * e
+            c_img_fake[pure] = vit_taps(vit, z0.clamp(-1, 1))[1][pure]
+    c_real, c_fake = cond(c_img), cond(c_img_fake)
+    # L_G: hinge generator loss, summed over heads of the token mean.
+    l_g = -sum(lg.mean(1) for lg in D(vit_taps(vit, x_hat)[0], c_fake))
+    # Distillation: re-noise with fresh noise at t on the teacher's schedule; the teacher's x0, no gradient.
+    with torch.no_grad():
+        x_t = col(a_t, t) * x_hat + col(s_t, t) * eps_p
+        x_psi = col(a_t, t) * x_t - col(s_t, t) * unet(teacher, x_t, t)
+    if cfg.distance == "perceptual":
+        fa, fb = vit_taps(vit, x_hat)[0], vit_taps(vit, x_psi)[0]
+        d = sum(((u / (u.norm(dim=1, keepdim=True) + 1e-8) - w / (w.norm(dim=1, keepdim=True) + 1e-8)) ** 2).sum(1).mean(1)
+                for u, w in zip(fa, fb))
+    else:
+        d = ((x_hat - x_psi) ** 2).flatten(1).mean(1)
+    c = a_t[t] if cfg.weighting == "exponential" else a_t[t] / (2 * s_t[t]) * s_t[t] ** 2
+    l_distill = c * d
+    l_student = cfg.lambda_adv * l_g + cfg.lambda_distill * l_distill
+    g_student = torch.autograd.grad(l_student.mean(), list(params.values()))
+    # L_D: hinge on real and fake, R1 = ||d sum_n D / d f||^2 / N on the real features.
+    f_real = [f.detach().requires_grad_(True) for f in vit_taps(vit, x0)[0]]
+    f_fake = [f.detach() for f in vit_taps(vit, x_hat.detach())[0]]
+    lr, lf = D(f_real, c_real), D(f_fake, c_fake)
+    l_d = sum(F.relu(1 - lg).mean(1) for lg in lr) + sum(F.relu(1 + lg).mean(1) for lg in lf)
+    grads = torch.autograd.grad(sum(lg.sum() for lg in lr), f_real, create_graph=True)
+    r1 = sum(g.pow(2).flatten(1).sum(1) / g.shape[2] for g in grads)
+    g_heads = torch.autograd.grad((l_d + dc.r1_gamma * r1).mean(), list(p.values()))
+    logged = {"loss_G": l_g.mean(), "loss_distill": l_distill.mean(), "loss_student": l_student.mean(),
+              "loss_D": l_d.mean(), "r1": r1.mean(), "logits_real": sum(lg.mean(1) for lg in lr).mean(),
+              "logits_fake": sum(lg.mean(1) for lg in lf).mean()}
+    return {k: float(v) for k, v in logged.items()}, g_student, g_heads
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+CASES = {
+    "default": {},  # perceptual distance, exponential c(t), c_img of pure-noise fakes from the teacher's solve
+    "mse_sds_real_cimg_paper_t": dict(distance="mse", weighting="sds", teacher_t_at_most_s=False),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_one_add_step_equals_the_reference(tmp_path, smoke_params, tiny_data, case):
+    ds, cache = tiny_data
+    overrides = dict(CASES[case])
+    disc_cfg = dataclasses.replace(smoke_params.add.discriminator, r1_gamma=0.5, augment=[],
+                                   c_img_pure_noise="real" if case != "default" else "teacher_ode", ode_steps=3)
+    cfg = dataclasses.replace(smoke_params.add, discriminator=disc_cfg, lambda_adv=1.0, lambda_distill=3.0,
+                              student_zero_terminal_snr=True, **overrides,
+                              train=dataclasses.replace(smoke_params.add.train, steps=1, batch_size=B, grad_clip=0.0,
+                                                        log_every=1, sample_every=0, gradient_accumulation=1))
+    # The teacher: trained (here: random) on the *stock* schedule; the student runs at zero terminal SNR.
+    stock = dataclasses.replace(smoke_params.teacher.schedule, rescale_zero_terminal_snr=False)
+    torch.manual_seed(0)
+    unet = build_unet(smoke_params.teacher.unet, 8, 1, cache.states.shape[-1])
+    for prm in unet.parameters():  # a random init whose outputs are not ~0 (diffusers zero-inits conv_out)
+        prm.data.add_(0.05 * torch.randn_like(prm))
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=8, patch_size=2, in_chans=1,
+                            embed_dim=16, depth=2, num_heads=2, num_classes=0)
+    disc = Discriminator(FeatureNetwork(vit, taps=[0, 1]), cache.pooled.shape[-1])
+    for prm in disc.heads.parameters():  # move the heads off their init (LBN affine 1/0) so every path matters
+        prm.data.add_(0.2 * torch.randn_like(prm))
+    # What the reference needs from before the step: weights, spectral-norm vectors, the draws.
+    student0, teacher0 = copy.deepcopy(unet), copy.deepcopy(unet).requires_grad_(False)
+    heads0 = {k: v.detach().clone() for k, v in disc.heads.named_parameters()}
+    uv = {n.rsplit(".parametrizations", 1)[0]: (m.parametrizations.weight[0]._u.clone(),
+                                                  m.parametrizations.weight[0]._v.clone())
+          for n, m in disc.heads.named_modules() if hasattr(m, "parametrizations")}
+    g = step_generator(0, 0)
+    tau = torch.tensor(cfg.student_timesteps)
+    s = tau[torch.randint(0, len(tau), (B,), generator=g)]
+    eps = torch.randn((B, 1, 8, 8), generator=g)
+    lo, hi = cfg.teacher_t_range
+    u = torch.randint(lo, hi + 1, (B,), generator=g)
+    top = torch.where(s < 999, s.clamp(lo, hi), torch.full_like(s, hi))
+    t = lo + (u - lo) * (top - lo + 1) // (hi - lo + 1) if cfg.teacher_t_at_most_s else u
+    eps_p = torch.randn((B, 1, 8, 8), generator=g)
+    assert (s == 999).any() and (s < 999).any()
+    idx = batch_indices(0, len(ds), B, 0)
+    x0 = ds.images[idx].float() / 127.5 - 1
+    states, mask, pooled = cache[cache.rows(ds.captions)[idx]]
+
+    # The library's step, with the gradients captured just before each optimizer step.
+    captured, heads_grads_at_student_step = [], []
+
+    def capture(opt, args, kwargs):
+        if not captured:  # the student's step: L_G must have left no gradient on D's heads
+            heads_grads_at_student_step.extend(q.grad for q in disc.heads.parameters())
+        captured.append([q.grad.clone() for grp in opt.param_groups for q in grp["params"]])
+
+    hook = register_optimizer_step_pre_hook(capture)
+    try:
+        run = train_add(cfg, Teacher(unet, NoiseSchedule(stock), PixelSpace(), "trained"), 0, ds, cache, disc, 0,
+                        tmp_path / "student", tmp_path / "ckpt", progress=False, save=False)
+    finally:
+        hook.remove()
+    assert len(captured) == 2  # the student's optimizer, then the heads'
+    assert heads_grads_at_student_step and all(q is None for q in heads_grads_at_student_step)
+
+    zt = lambda zero: alphas_sigmas(stock.beta_schedule, stock.beta_start, stock.beta_end, zero)  # noqa: E731
+    logged, g_student, g_heads = reference_step(cfg, student0, teacher0, vit, heads0, uv, x0, states, mask, pooled,
+                                                (s, eps, t, eps_p), zt(True), zt(False))
+    row = run["history"][0]
+    for k, v in logged.items():
+        assert row[k] == pytest.approx(v, rel=2e-4, abs=1e-5), k
+    assert len(g_student) == len(captured[0]) and len(g_heads) == len(captured[1])
+    for a, b in zip(captured[0], g_student):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=1e-6)
+    for a, b in zip(captured[1], g_heads):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=1e-6)
