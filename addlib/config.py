@@ -258,11 +258,37 @@ class TeacherConfig:
 
     def check_inputs(self, root: Path, where: str = "teacher") -> None:
         if self.pretrained:
-            from .latent import check_pipeline_folder, check_schedule
-
             folder = Path(self.pretrained) if Path(self.pretrained).is_absolute() else root / self.pretrained
             check_pipeline_folder(folder, f"{where}.pretrained")
             check_schedule(self.schedule, folder, f"{where}.schedule")
+
+
+# A pretrained teacher folder is checked against params before any compute (latent.py loads it).
+PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def check_pipeline_folder(folder: Path, where: str = "teacher.pretrained") -> None:
+    if not folder.is_dir():
+        raise ConfigError(f"{where}: folder not found: {folder}")
+    missing = [p for p in PIPELINE_PARTS if not (folder / p).is_dir()]
+    if missing:
+        raise ConfigError(f"{where}: {folder} is not a diffusers text-to-image folder (missing {', '.join(m + '/' for m in missing)})")
+
+
+def check_schedule(cfg: ScheduleConfig, folder: Path, where: str = "teacher.schedule") -> None:
+    """params.yaml's schedule must be the one the checkpoint was trained with, rescaling included: the frozen
+    teacher is always queried on its own schedule (a stock SD checkpoint: ``rescale_zero_terminal_snr: false``).
+    Zero terminal SNR for the student is ``add.student_zero_terminal_snr``."""
+    sc = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    theirs = {"num_train_timesteps": sc.get("num_train_timesteps", 1000), "beta_schedule": sc.get("beta_schedule"),
+              "beta_start": sc.get("beta_start"), "beta_end": sc.get("beta_end"),
+              "prediction_type": sc.get("prediction_type", "epsilon"),
+              "rescale_zero_terminal_snr": bool(sc.get("rescale_betas_zero_snr", False))}
+    for key, value in theirs.items():
+        ours = getattr(cfg, key)
+        same = abs(ours - value) <= 1e-9 * max(1.0, abs(value)) if isinstance(ours, float) else ours == value
+        if not same:
+            raise ConfigError(f"{where}.{key}: params say {ours!r}, the checkpoint's scheduler says {value!r}")
 
 
 @dataclasses.dataclass
@@ -529,7 +555,7 @@ class Params:
 
     def validate(self, where: str) -> None:
         """Checks across sections (each section has checked itself)."""
-        from .sampling import student_step_counts
+        from .timesteps import student_step_counts
 
         T = self.teacher.schedule.num_train_timesteps
         a = self.add

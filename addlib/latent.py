@@ -20,15 +20,12 @@ them, and a mismatch is a one-line error naming the key).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
-from .config import ConfigError, ScheduleConfig, TeacherConfig
+from .config import ConfigError, TeacherConfig, check_pipeline_folder, check_schedule  # noqa: F401 (re-exported)
 from .diffusion import NoiseSchedule
-
-PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 class PixelSpace(torch.nn.Module):
@@ -87,30 +84,6 @@ class Teacher:
     schedule: NoiseSchedule
     space: torch.nn.Module
     source: str                      # 'trained' or the pretrained folder
-
-
-def check_pipeline_folder(folder: Path, where: str = "teacher.pretrained") -> None:
-    if not folder.is_dir():
-        raise ConfigError(f"{where}: folder not found: {folder}")
-    missing = [p for p in PIPELINE_PARTS if not (folder / p).is_dir()]
-    if missing:
-        raise ConfigError(f"{where}: {folder} is not a diffusers text-to-image folder (missing {', '.join(m + '/' for m in missing)})")
-
-
-def check_schedule(cfg: ScheduleConfig, folder: Path, where: str = "teacher.schedule") -> None:
-    """params.yaml's schedule must be the one the checkpoint was trained with, rescaling included: the frozen
-    teacher is always queried on its own schedule (a stock SD checkpoint: ``rescale_zero_terminal_snr: false``).
-    Zero terminal SNR for the student is ``add.student_zero_terminal_snr``."""
-    sc = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    theirs = {"num_train_timesteps": sc.get("num_train_timesteps", 1000), "beta_schedule": sc.get("beta_schedule"),
-              "beta_start": sc.get("beta_start"), "beta_end": sc.get("beta_end"),
-              "prediction_type": sc.get("prediction_type", "epsilon"),
-              "rescale_zero_terminal_snr": bool(sc.get("rescale_betas_zero_snr", False))}
-    for key, value in theirs.items():
-        ours = getattr(cfg, key)
-        same = abs(ours - value) <= 1e-9 * max(1.0, abs(value)) if isinstance(ours, float) else ours == value
-        if not same:
-            raise ConfigError(f"{where}.{key}: params say {ours!r}, the checkpoint's scheduler says {value!r}")
 
 
 def load_pretrained(cfg: TeacherConfig, folder: str | Path) -> Teacher:

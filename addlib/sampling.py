@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .diffusion import NoiseSchedule
+from .timesteps import student_step_counts, trailing_timesteps  # noqa: F401 (re-exported)
 
 
 def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -65,21 +66,6 @@ def decode(space, z: torch.Tensor) -> torch.Tensor:
     """The UNet's output space -> images in [-1, 1] on the CPU (identity for pixel-space models)."""
     x = z if space is None else space.decode(z)
     return x.float().clamp(-1, 1).cpu()
-
-
-def trailing_timesteps(steps: int, T: int = 1000) -> list[int]:
-    """'Trailing' spacing (Lin et al. 2024; diffusers' SD-Turbo setting): the first step is t = T-1, pure
-    noise. 1 -> [999]; 2 -> [999, 499]; 4 -> [999, 749, 499, 249]."""
-    return [int(round(T - i * T / steps)) - 1 for i in range(steps)]
-
-
-def student_step_counts(trained: list[int], T: int = 1000) -> list[int]:
-    """The step counts a student trained at ``trained`` can sample with: k steps use the trailing spacing of
-    k steps, which must be a subset of the trained timesteps (the student never saw any other), or the
-    trained timesteps themselves when k is their number. For [999, 749, 499, 249]: 1, 2 and 4."""
-    ok = {len(trained)}
-    ok.update(k for k in range(1, len(trained)) if set(trailing_timesteps(k, T)) <= set(trained))
-    return sorted(ok)
 
 
 def student_timesteps(steps: int, trained: list[int], T: int = 1000) -> list[int]:
