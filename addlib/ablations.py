@@ -6,7 +6,7 @@ The ``ablations`` section of params.yaml (shape and checks in config.AblationsCo
   which trains one run per seed; ``overrides`` is a partial params file deep-merged over params.yaml (names
   only: ``{add: {distance: l1}}``; config.ablation_params). Every run uses one code path, the ``add`` stage's
   train_add, with the ablation budget (``steps``, ``batch_size``) in place of ``add.train``'s, and is scored
-  at 1 student step like the ``evaluate`` stage's rows (stages.run_ablation).
+  at 1 student step like the ``evaluate`` stage's rows (pipeline/ablation.py).
 - ``tables``: sub-table -> row label -> run name. A run that several sub-tables share (the paper's default
   row: mse, exponential weighting, both conditionings, teacher init, one teacher step) is trained once.
 
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import statistics
 from typing import Any
-
-from pathlib import Path
 
 from .config import AblationsConfig
 
@@ -102,73 +100,3 @@ def markdown(table1: dict) -> str:
                          f"| {paper} |")
         parts.append("\n".join(lines + ["", t["sentence"], ""]))
     return "\n".join(parts)
-
-def run_ablation(run: str, raw: dict, root: Path = Path("."), progress: bool = True) -> dict:
-    """One row of Table 1: train the run's variant once per seed with the ablation budget (train_add, the
-    add stage's code path, on params.yaml with the run's overrides; config.ablation_params) and score its
-    1-step samples as the evaluate stage scores its rows. A run that changes F's architecture pretrains that
-    F first (the features stage's code, its own pretraining params); a random-init F needs no training."""
-    from . import config as C
-    from . import data as D
-    from . import evaluation as E
-    from .latent import load_teacher
-    from .pretrain import pretrain_features
-    from .sampling import initial_noise, unet_input_shape
-    from .stages import (CHECKPOINTS, MODELS, REPORTS, STAGE_SECTIONS, build_discriminator, code_version,
-                         extend_cache, load_prepared, scoring, write_json)
-    from .diffusion import student_schedule
-    from .training import save_student_grid, train_add
-
-    base = C.parse(raw)
-    ab = base.ablations
-    spec = ab.runs[run]
-    ds, cache = load_prepared(root)
-    train = ds.subset(D.TRAIN)
-    work = root / CHECKPOINTS / "ablations" / run
-    out = root / REPORTS / "ablations" / "runs" / run
-    # What does not change with the seed: the run's params (but for the seed), its caption cache, the teacher,
-    # its pretrained F (one per run, pretrained with the params' seed like the features stage) and the scoring.
-    p0 = C.parse_run(raw, run, spec.seeds[0])
-    features_dir, pretrained_f = None, None
-    if p0.features != base.features and p0.features.source == "in_domain" and p0.features.pretrain.objective != "none":
-        features_dir = work / "features"
-        pretrained_f = pretrain_features(p0.features, base.seed, train.pixels(), features_dir,
-                                         work / "features_checkpoints", progress=progress)
-        pretrained_f = {k: pretrained_f[k] for k in ("steps", "train_seconds")}
-    cache_p = extend_cache(cache, p0.add.sample_prompts + [p0.add.nfsd_negative_prompt], p0.text_encoder)
-    negative_row = int(cache_p.rows([p0.add.nfsd_negative_prompt])[0])
-    teacher = load_teacher(p0.teacher, root / MODELS / "teacher")
-    sc = scoring(ds, cache_p, p0.evaluators, p0.evaluate, root)
-    prompts = sc.prompts_for(sc.ref, ab.eval_samples, p0.evaluate.seed, cache_p)
-    noise = initial_noise(ab.eval_samples, unet_input_shape(teacher.unet), p0.evaluate.seed)
-    per_seed, resolved = {}, {}
-    for seed in spec.seeds:
-        p = C.parse_run(raw, run, seed)
-        resolved[f"seed {seed}"] = {k: getattr(p, k) for k in STAGE_SECTIONS["add"]}
-        disc = build_discriminator(p.features, p.add.discriminator, ds.images.shape[1], cache_p.pooled.shape[1],
-                                   root, seed, features_dir)
-        trained = train_add(p.add, teacher, seed, train, cache_p, disc, negative_row,
-                            work / f"seed{seed}" / "student", work / f"seed{seed}" / "checkpoints",
-                            progress=progress, fingerprint_extra=[C.to_dict(p.features)])
-        student = trained["student"]
-        sched_s = student_schedule(p.teacher.schedule, p.add.student_zero_terminal_snr)
-        gen = E.Generator("student", "add", 1, 1.0, student, sched_s,
-                          trained_timesteps=p.add.student_timesteps, space=teacher.space)
-        images, _ = E.generate(gen, prompts, noise, p.evaluate.batch_size, seed=p.evaluate.seed, progress=False)
-        last = trained["history"][-1] if trained["history"] else {}
-        per_seed[seed] = {**sc.scorer(images, prompts), "train_seconds": trained["train_seconds"],
-                          "steps": trained["steps"], **{f"final_{k}": v for k, v in last.items() if k != "step"}}
-        print(f"{run} seed {seed}: " + "  ".join(f"{k} {per_seed[seed][k]:.3f}" for k in
-                                                  ("fid", "precision", "recall", "clip_score", "prompt_accuracy")),
-              flush=True)
-        if seed == spec.seeds[0]:
-            save_student_grid(student, sched_s, cache_p, cache_p.rows(p.add.sample_prompts).tolist(), p.add,
-                              [1], out / "samples.png", f"ablation '{run}' (seed {seed}): 1 step after {ab.steps} steps")
-    metrics = {"run": run, "overrides": spec.overrides, "steps": ab.steps, "batch_size": ab.batch_size,
-               "eval_samples": ab.eval_samples, "fid_features": sc.feat_name,
-               "seeds": {str(k): v for k, v in per_seed.items()}}
-    if pretrained_f is not None:
-        metrics["feature_network_pretraining"] = pretrained_f
-    write_json(out / "metrics.json", metrics)
-    C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
-    return metrics

@@ -66,7 +66,7 @@ def synthetic_data(n: int, channels: int, resolution: int, tokens: int, width: i
 
 def measure(params: C.Params, teacher: Teacher, backbone, tokens: int, width: int, batch_size: int, steps: int,
             checkpointing: bool) -> dict:
-    from .training import train_add
+    from .distillation import train_add
 
     add = params.add
     add = dataclasses.replace(add, train=dataclasses.replace(

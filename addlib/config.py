@@ -352,7 +352,7 @@ class DiscriminatorConfig:
     group_size: int          # local batch-norm group size (StyleGAN-T: 8)
     # c_img of a *fake* whose student input was pure noise (alpha = 0): 'real' = the paper's literal reading
     # (the unrelated real x0 the batch drew); 'teacher_ode' = the embedding of the teacher's deterministic
-    # solve from the same noise, a per-noise target (a deviation, see training.train_add).
+    # solve from the same noise, a per-noise target (a deviation, see distillation.train_add).
     c_img_pure_noise: Literal["real", "teacher_ode"]
     ode_steps: int           # DDIM steps of that teacher solve
     ode_guidance: float      # its classifier-free guidance

@@ -1,6 +1,6 @@
 """The ADD objective (sections 3.2 and 3.3) as pure callables, in the manner of EDM's ``loss.py``: each call
 returns *per-sample* losses (and the per-sample values a step logs); nothing here reduces over the batch, calls
-``backward`` or steps an optimizer. ``training.train_add`` owns those.
+``backward`` or steps an optimizer. ``distillation.train_add`` owns those.
 
     StudentLoss:        L(x0, c) = lambda_adv L_G(x_hat) + lambda L_distill(x_hat, sg(x_psi))
     DiscriminatorLoss:  L_D(x0, x_hat) = hinge_real(x0) + hinge_fake(x_hat) + gamma R1(x0)

@@ -58,6 +58,23 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]], path: str | Path, row_lab
     return path
 
 
+def block_grid(blocks: Sequence[tuple[str, torch.Tensor]], row_labels: Sequence[str], per_row: int,
+               path: str | Path, title: str | None = None) -> Path:
+    """Samples side by side: ``blocks`` is a list of (label, images) whose images hold ``per_row`` samples for
+    each row in turn (row r: images[r * per_row:(r + 1) * per_row]); every block becomes ``per_row`` columns
+    with its label over the first. With the same noise in every block, a column compares one sample across
+    models or step counts (the student grid, Figure 4)."""
+    rows: list[list[torch.Tensor]] = [[] for _ in row_labels]
+    col_labels: list[str] = []
+    for label, images in blocks:
+        if len(images) != len(row_labels) * per_row:
+            raise ValueError(f"block {label!r}: {len(images)} images for {len(row_labels)} rows x {per_row}")
+        for r, row in enumerate(rows):
+            row.extend(images[r * per_row:(r + 1) * per_row])
+        col_labels += [label] + [""] * (per_row - 1)
+    return image_grid(rows, path, row_labels=row_labels, col_labels=col_labels, title=title)
+
+
 def loss_curve(steps: Sequence[int], values: dict[str, Sequence[float]], path: str | Path,
                title: str = "", logy: bool = True) -> Path:
     """Plot one or more logged curves against the step."""

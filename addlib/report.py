@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-REPORTS = Path("reports")
+from .paths import REPORTS
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -136,30 +136,6 @@ def _number(v: str):
     except ValueError:
         return v
     return int(f) if f.is_integer() and "." not in v else f
-
-
-def run_report(raw: dict, root: Path = Path(".")) -> dict:
-    """Table 1 from the ablation runs' metrics (reports/ablations/table1.json, reports/tables/table1.md and a
-    figure); the notebook then lays out the page and the runner renders it (report.py)."""
-    from . import ablations as A
-    from . import config as C
-    from . import plots
-    from .stages import REPORTS, write_json
-
-    cfg = C.parse(raw).ablations
-    results = {}
-    for run in cfg.runs:
-        m = json.loads((root / REPORTS / "ablations" / "runs" / run / "metrics.json").read_text())
-        results[run] = {int(k): v for k, v in m["seeds"].items()}
-    table1 = A.summarise(cfg, results)
-    write_json(root / REPORTS / "ablations" / "table1.json", table1)
-    tables = root / REPORTS / "tables"
-    tables.mkdir(parents=True, exist_ok=True)
-    (tables / "table1.md").write_text(A.markdown(table1))
-    plots.ablation_bars(table1, root / REPORTS / "ablations" / "table1.png",
-                        f"Table 1 at this scale: 1-step FID per ablation row ({cfg.steps} steps, "
-                        f"batch {cfg.batch_size}; bars: mean, whiskers: std over seeds)")
-    return table1
 
 
 def find_chromium() -> str | None:

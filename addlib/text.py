@@ -119,6 +119,15 @@ class TextCache:
     def has(self, captions: list[str]) -> bool:
         return all(c in self._row_of for c in captions)
 
+    def extended(self, prompts: list[str], encoder_cfg) -> "TextCache":
+        """This cache with prompts it lacks (grid prompts, NFSD's negative prompt) encoded and appended."""
+        new = [p for p in dict.fromkeys(prompts) if p not in self.captions]
+        if not new:
+            return self
+        states, mask, pooled = TextEncoder.from_config(encoder_cfg)(new)
+        return TextCache(self.captions + new, torch.cat([self.states, states]), torch.cat([self.mask, mask]),
+                         torch.cat([self.pooled, pooled]))
+
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from addlib.diffusion import NoiseSchedule  # noqa: E402
 from addlib.discriminator import Discriminator, FeatureNetwork  # noqa: E402
 from addlib.latent import PixelSpace, Teacher  # noqa: E402
 from addlib.models import build_unet  # noqa: E402
-from addlib.training import train_add  # noqa: E402
+from addlib.distillation import train_add  # noqa: E402
 from tiny_models import tiny_digits  # noqa: E402
 
 

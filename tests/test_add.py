@@ -13,7 +13,7 @@ from addlib.discriminator import Discriminator, FeatureNetwork
 from addlib.latent import PixelSpace, Teacher
 from addlib.models import build_unet
 from addlib.objective import teacher_x0
-from addlib.training import train_add
+from addlib.distillation import train_add
 
 
 def _setup(smoke_params, tiny_data, **add_overrides):

@@ -22,7 +22,8 @@ from addlib.diffusion import NoiseSchedule
 from addlib.discriminator import Discriminator, FeatureNetwork
 from addlib.latent import PixelSpace, Teacher
 from addlib.models import build_unet
-from addlib.training import batch_indices, step_generator, train_add
+from addlib.distillation import train_add
+from addlib.training import batch_indices, step_generator
 
 B = 16  # two local-batch-norm groups of 8: the equal-groups path every real batch takes
 

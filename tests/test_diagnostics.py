@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from addlib import config
-from addlib.diagnostics import denoise_from_data, main, refinement_trace
+from addlib.diagnostics import denoise_from_data, refinement_trace
+from addlib.pipeline.diagnose import main
 from addlib.diffusion import NoiseSchedule
 from addlib.sampling import sample_student
 

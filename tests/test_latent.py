@@ -12,7 +12,7 @@ from addlib.data import TRAIN, Dataset
 from addlib.discriminator import Discriminator, FeatureNetwork
 from addlib.latent import VAESpace, check_schedule, load_pretrained, load_teacher
 from addlib.text import TextEncoder, encode_captions
-from addlib.training import train_add
+from addlib.distillation import train_add
 from tiny_models import SD_SCHEDULE, sd_folder
 
 

@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from addlib import config as C
-from addlib import stages as S
+from addlib.pipeline import add, evaluate, evaluators, features, prepare, teacher
 from tiny_models import SD_SCHEDULE, sd_folder
 
 
@@ -45,16 +45,16 @@ def latent_root(tmp_path, root):
 
 def test_stages_run_on_a_latent_teacher_by_params_alone(latent_root):
     r, p = latent_root
-    S.run_prepare(p.seed, p.data, p.text_encoder, r)
-    teacher = S.run_teacher(p.seed, p.data, p.text_encoder, p.teacher, r, progress=False)
-    assert teacher["pretrained"] == p.teacher.pretrained and teacher["parameters"] > 0
+    prepare.run(p, r)
+    t = teacher.run(p, r, progress=False)
+    assert t["pretrained"] == p.teacher.pretrained and t["parameters"] > 0
     assert (r / "reports/teacher/samples.png").is_file()
     assert (r / "reports/teacher/live/metrics.json").is_file()  # the outputs dvc.yaml declares exist
-    S.run_features(p.seed, p.data, p.features, r, progress=False)
-    add = S.run_add(p.seed, p.data, p.text_encoder, p.teacher, p.features, p.add, r, progress=False)
-    assert add["steps"] == p.add.train.steps and math.isfinite(add["final_loss_distill"])
-    S.run_evaluators(p.seed, p.data, p.text_encoder, p.evaluators, r, progress=False)
-    S.run_evaluate(p.seed, p.data, p.text_encoder, p.teacher, p.add, p.evaluators, p.evaluate, r, progress=False)
+    features.run(p, r, progress=False)
+    a = add.run(p, r, progress=False)
+    assert a["steps"] == p.add.train.steps and math.isfinite(a["final_loss_distill"])
+    evaluators.run(p, r, progress=False)
+    evaluate.run(p, r, progress=False)
     ev = json.loads((r / "reports/metrics/evaluate.json").read_text())
     assert {f"student/add/{k}" for k in p.evaluate.student_steps} <= set(ev["rows"])
     assert all(math.isfinite(row["fid"]) for row in ev["rows"].values())

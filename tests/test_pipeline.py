@@ -66,12 +66,14 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
               "models/student/diffusion_pytorch_model.safetensors", "models/student/addlib_config.json",
               "reports/add/live/plots/metrics/train/loss_G.tsv"]:
         assert (repo / f).is_file(), f
-    resolved = json.loads((repo / "reports/teacher/config.json").read_text())
-    assert resolved["config"]["teacher"]["train"]["steps"] == 3
-    # the executed notebook received the params.yaml sections through papermill
+    # the executed notebook received the params file through papermill, and the stage wrote the typed params
+    # it ran with: the smoke profile's, restricted to the sections dvc.yaml declares for the stage
     nb = json.loads((repo / "reports/executed/teacher.ipynb").read_text())
     injected = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
-    assert injected and '"steps": 3' in "".join(injected[0]["source"])
+    assert injected and 'params_file = "params.yaml"' in "".join(injected[0]["source"])
+    resolved = json.loads((repo / "reports/teacher/config.json").read_text())
+    assert resolved["config"]["teacher"]["train"]["steps"] == 3
+    assert set(resolved["config"]) == {"seed", "data", "text_encoder", "teacher"}
     # the trained teacher loads as a diffusers model
     from diffusers import UNet2DConditionModel
     unet = UNet2DConditionModel.from_pretrained(repo / "models/teacher")

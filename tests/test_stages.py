@@ -68,3 +68,8 @@ def test_ablation_run_names_and_overrides(tmp_path, root):
 def test_report_before_the_ablations(tmp_path, root):
     cwd = _project(tmp_path, root, lambda raw: None)
     _assert_clean_failure(_run(cwd, "report"), cwd, "report: results missing")
+
+
+def test_diagnose_before_the_student(tmp_path, root):
+    cwd = _project(tmp_path, root, lambda raw: None)
+    _assert_clean_failure(_run(cwd, "diagnose"), cwd, "models/teacher: not found; run the stages before 'diagnose'")

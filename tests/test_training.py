@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from addlib import training
-from addlib.training import Checkpointer, batch_indices, lr_at, train_teacher
+from addlib.teacher import train_teacher
+from addlib.training import Checkpointer, batch_indices, lr_at
 
 
 def _tiny(smoke_params, steps=3):

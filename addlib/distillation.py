@@ -1,0 +1,203 @@
+"""ADD's training loop (paper section 3.1): the student, initialised from the frozen teacher, trained against
+the discriminator (section 3.2) and the teacher's distillation target (section 3.3).
+
+The objective is objective.py (pure callables, per-sample losses); the generic resumable loop is
+training.run_loop. One step here, in numbered parts: every random draw of the step, one spectral-norm power
+iteration, the student update (L_G + lambda L_distill, D's heads frozen), the discriminator update
+(hinge + R1).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import config as C
+
+from .data import Dataset, to_float
+from .diffusion import NoiseSchedule
+from .discriminator import Discriminator, FeatureNetwork
+from .models import EMA
+from .pretrain import load_backbone
+from .text import TextCache
+from .training import (Checkpointer, average_gradients, batch_indices, global_means, run_loop, setup_run,
+                       step_generator, weight_dtype)
+
+
+def build_discriminator(feat_cfg: C.FeatureNetConfig, disc_cfg: C.DiscriminatorConfig, channels: int,
+                        c_text_dim: int, features_dir: Path, seed: int = 0) -> Discriminator:
+    """D (section 3.2): the frozen feature network F (the weights in ``features_dir``, or timm's / a random
+    init as ``feat_cfg`` says) and trainable heads conditioned on c_text (``c_text_dim`` wide) and c_img."""
+    backbone = load_backbone(feat_cfg, channels, features_dir, seed)
+    fn = FeatureNetwork(backbone, feat_cfg.taps, feat_cfg.tap_patch_embed)
+    return Discriminator(fn, c_text_dim, disc_cfg.c_text, disc_cfg.c_img, disc_cfg.cmap_dim, disc_cfg.group_size)
+
+
+def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discriminator, negative_row: int,
+              out_dir: str | Path, checkpoint_dir: str | Path, live_dir: str | Path | None = None,
+              grid_dir: str | Path | None = None, max_steps: int | None = None, progress: bool = True,
+              fingerprint_extra=None, save: bool = True) -> dict:
+    """ADD: train the student against the discriminator (hinge, R1) and the teacher (distillation).
+
+    ``teacher``: a ``latent.Teacher`` (frozen UNet, the schedule it was trained with, the space it works in;
+    the student starts as a copy of its UNet unless student_init is 'random', and runs on
+    ``diffusion.student_schedule``); ``discriminator``: a Discriminator with a frozen feature network, which
+    always sees pixels; ``negative_row``: the text cache row of NFSD's negative prompt. Saves the student's
+    EMA weights to ``out_dir`` (``save=False``: no checkpoints, nothing saved).
+
+    Processes and micro-batches: every random draw is made for the global batch and sliced (training.py's
+    header), the student is DDP-wrapped by accelerate, D's heads' gradients are averaged explicitly, and each
+    micro-batch's loss is scaled by its share of the process batch, so a run gives the same updates (to
+    floating point) whatever the number of processes and micro-batches, and resumes across them.
+    """
+    import contextlib
+    import copy
+
+    from .config import fingerprint
+    from .diffusion import student_schedule
+    from .latent import VAESpace
+    from .objective import DiscriminatorLoss, StudentLoss, draw_step
+
+    tc = cfg.train
+    # 1. Devices, precision, processes; images and caption rows.
+    accelerator, x_all, cap_all = setup_run(tc, train, text)
+    dev, wdtype = accelerator.device, weight_dtype(tc.mixed_precision)
+    sched_t, space = teacher.schedule, teacher.space.to(dev, wdtype)
+    sched_s = student_schedule(sched_t.cfg, cfg.student_zero_terminal_snr)
+    pixel_shape = tuple(x_all.shape[1:])
+    latent_shape = space.latent_shape(pixel_shape)
+    # 2. Networks: student (from the teacher, section 3.1, float32 master weights), frozen teacher and F in
+    # the weight dtype, discriminator heads.
+    torch.manual_seed(seed)
+    student = copy.deepcopy(teacher.unet).requires_grad_(True).train()
+    if cfg.student_init == "random":
+        student = type(teacher.unet).from_config(teacher.unet.config).train()
+    student = student.to(dev)
+    if any(p.dtype != torch.float32 for p in student.parameters()):
+        student = student.float()  # trained weights stay float32 (a half-precision checkpoint is upcast)
+    if tc.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+        if isinstance(space, VAESpace):  # both losses backpropagate through the decoder: its activations too
+            space.vae.enable_gradient_checkpointing()
+    teacher_unet = teacher.unet.eval().requires_grad_(False).to(dev)
+    if wdtype != torch.float32:
+        teacher_unet = teacher_unet.to(wdtype)
+    ema = EMA(student, tc.ema_decay)
+    ema_model = copy.deepcopy(student).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam(student.parameters(), lr=tc.lr_student, betas=tuple(tc.betas))
+    opt_d = torch.optim.Adam(discriminator.heads.parameters(), lr=tc.lr_discriminator, betas=tuple(tc.betas))
+    ckpt = Checkpointer(checkpoint_dir, fingerprint(cfg, teacher.schedule.cfg, teacher.source, seed, len(train),
+                                                    text.captions, fingerprint_extra))
+    raw_student = student
+    # The discriminator is called through its parts (features, heads_forward), so it is moved, not wrapped;
+    # its heads' gradients are averaged over processes by average_gradients.
+    d_raw = discriminator.to(dev).train()
+    d_raw.F.to(wdtype)
+    student, opt_g_p, opt_d_p = accelerator.prepare(student, opt_g, opt_d)
+    # 3. The objective (objective.py): text states of the empty prompt (row 0) and NFSD's negative prompt.
+    empty_1 = tuple(a.to(dev) for a in text[torch.tensor([0])][:2])
+    negative_1 = tuple(a.to(dev) for a in text[torch.tensor([negative_row])][:2])
+    student_loss = StudentLoss(cfg, teacher_unet, sched_t, sched_s, space, d_raw, empty_1, negative_1)
+    disc_loss = DiscriminatorLoss(d_raw, cfg.discriminator.r1_gamma)
+    grid_text = None
+    if grid_dir is not None and text.has(cfg.sample_prompts):
+        grid_text = text.rows(cfg.sample_prompts).tolist()
+    micro = tc.gradient_accumulation
+    per_proc = tc.batch_size // accelerator.num_processes
+    if per_proc % micro:
+        raise ValueError(f"add.train.gradient_accumulation {micro} does not divide the per-process batch {per_proc}")
+    per_micro = per_proc // micro
+    first = accelerator.process_index * per_proc
+    micro_slices = [slice(first + j * per_micro, first + (j + 1) * per_micro) for j in range(micro)]
+
+    def no_sync(j: int):
+        """Skip DDP's gradient all-reduce on all but the last micro-batch (the sum is reduced once)."""
+        return accelerator.no_sync(student) if j + 1 < micro else contextlib.nullcontext()
+
+    def logged(parts: dict, sums: dict) -> None:
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float().mean().item() / micro
+
+    # 4. One ADD step.
+    def step_fn(step: int) -> dict:
+        # 4a. Every random draw of the step, for the global batch; this process's images and captions.
+        draws = draw_step(cfg, step_generator(seed, step), step_generator(seed, step, stream=1), tc.batch_size,
+                          latent_shape, pixel_shape, sched_t.T)
+        idx = batch_indices(step, len(x_all), tc.batch_size, seed)
+        sums: dict[str, float] = {}
+        # 4b. One power iteration of D's spectral norms: L_G and L_D below see the same normalised weights.
+        if cfg.lambda_adv > 0:
+            d_raw.spectral_step()
+        # 4c. Student update with L_G + lambda L_distill, accumulated over micro-batches; D's heads are frozen
+        # (gradients reach the student through them, none is left on them).
+        d_raw.heads.requires_grad_(False)
+        opt_g_p.zero_grad(set_to_none=True)
+        fakes = []
+        for j, r in enumerate(micro_slices):
+            x0 = to_float(x_all[idx[r]]).to(dev)
+            text_r = tuple(a.to(dev) for a in text[cap_all[idx[r]]])
+            with no_sync(j), accelerator.autocast():
+                out = student_loss(student, x0, text_r, draws.rows(r).to(dev))
+                loss = out.loss.mean()
+                if not torch.isfinite(loss):
+                    return {"loss_student": loss.item()}  # run_loop stops with a clear message before any update
+                accelerator.backward(loss / micro if micro > 1 else loss)
+            logged(out.parts, sums)
+            fakes.append((r, x0, out.x_hat.detach(), out.c_real, out.c_fake))
+        d_raw.heads.requires_grad_(True)
+        if tc.grad_clip > 0:
+            accelerator.clip_grad_norm_(student.parameters(), tc.grad_clip)
+        opt_g_p.step()
+        ema.update(raw_student)
+        # 4d. Discriminator update with L_D (hinge on real and fake, R1 on the heads' inputs for the reals).
+        if cfg.lambda_adv > 0:
+            opt_d_p.zero_grad(set_to_none=True)
+            for r, x0, x_hat, c_real, c_fake in fakes:
+                d = draws.rows(r)
+                with accelerator.autocast():
+                    loss_d, parts = disc_loss(x0, x_hat, c_real, c_fake, d.aug_real, d.aug_fake)
+                    loss_d = loss_d.mean()
+                accelerator.backward(loss_d / micro if micro > 1 else loss_d)
+                logged(parts, sums)
+            average_gradients(d_raw.heads.parameters(), accelerator)
+            opt_d_p.step()
+        done = step + 1
+        if grid_text is not None and tc.sample_every and done % tc.sample_every == 0 and accelerator.is_main_process:
+            ema.copy_to(ema_model)
+            save_student_grid(ema_model, sched_s, text, grid_text, cfg, [1, 2, 4],
+                              Path(grid_dir) / f"step_{done:06d}.png", f"ADD student (EMA) at step {done}",
+                              space=space)
+        return global_means(sums, accelerator)
+
+    # 5. Train (resuming from the latest matching checkpoint).
+    run = run_loop("add", step_fn, steps=tc.steps, log_every=tc.log_every, checkpoint_every=tc.checkpoint_every,
+                   lr_factor=lambda k: min(1.0, (k + 1) / max(1, tc.warmup_steps)), checkpointer=ckpt,
+                   modules={"student": raw_student, "disc_heads": d_raw.heads},
+                   optimizers={"opt_student": opt_g, "opt_disc": opt_d}, emas={"ema": ema},
+                   accelerator=accelerator, live_dir=live_dir, max_steps=max_steps, progress=progress, save=save)
+    # 6. Save the student's EMA weights as a diffusers model.
+    ema.copy_to(ema_model)
+    if save and accelerator.is_main_process and run["end"] == tc.steps:
+        ema_model.save_pretrained(out_dir, safe_serialization=True)
+    return {"steps": run["end"], "resumed_from_step": run["start"], "train_seconds": run["train_seconds"],
+            "images_per_second": run["end"] * tc.batch_size / max(run["train_seconds"], 1e-9),
+            "history": run["history"], "student": ema_model, "main_process": accelerator.is_main_process}
+
+
+def save_student_grid(student, schedule: NoiseSchedule, text: TextCache, rows: list[int], cfg, steps_list,
+                      path: Path, title: str, space=None) -> Path:
+    """One row per prompt; a block of ``sample_per_prompt`` columns per step count, the same noise seeds in
+    every block (so a column shows one sample refined by more steps)."""
+    from .plots import block_grid
+    from .sampling import initial_noise, sample_student, student_timesteps, unet_input_shape
+
+    k = cfg.sample_per_prompt
+    ids = torch.tensor(rows).repeat_interleave(k)
+    states, mask, _ = text[ids]
+    noise = initial_noise(len(ids), unet_input_shape(student), cfg.sample_seed)
+    blocks = []
+    for n_steps in steps_list:
+        ts = student_timesteps(n_steps, cfg.student_timesteps, schedule.T)
+        x = sample_student(student, schedule, states, mask, noise, ts, seed=cfg.sample_seed, space=space)
+        blocks.append((f"{n_steps} step{'s' if n_steps > 1 else ''}", x))
+    return block_grid(blocks, [text.captions[r] for r in rows], k, path, title)

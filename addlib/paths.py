@@ -1,0 +1,37 @@
+"""Where the pipeline reads and writes, and the two small writers every stage uses.
+
+Imports nothing of the package (so every stage may depend on it without depending on anything else).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+DATA_DIR = Path("data/processed")      # the prepare stage's dataset and caption cache
+REPORTS = Path("reports")              # small results kept in git (metrics, figures, the report)
+MODELS = Path("models")                # the stages' models (DVC cache)
+CHECKPOINTS = Path("checkpoints")      # resumable training state (ignored)
+EXECUTED = REPORTS / "executed"        # the executed notebooks (DVC cache)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def code_version(root: Path = Path(".")) -> str:
+    """The git commit the results come from, with ``+dirty`` if tracked files differ from it."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (rev or "unknown") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def executed_notebook(stage: str, key: str | None = None) -> Path:
+    """Where the runner keeps a stage's executed notebook (``key``: the run of a foreach stage, ablation@key)."""
+    return EXECUTED / (f"ablations/{key}.ipynb" if key is not None else f"{stage}.ipynb")

@@ -1,0 +1,46 @@
+"""Stage add: ADD training (distillation.py), the student from the teacher, the discriminator on F, the
+distillation target from the teacher; then the student's grid and training curves."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import config as C
+from .. import data as D
+from .. import plots
+from ..diffusion import student_schedule
+from ..distillation import build_discriminator, save_student_grid, train_add
+from ..latent import load_teacher
+from ..paths import CHECKPOINTS, MODELS, REPORTS, code_version, write_json
+from .common import load_prepared, sections
+
+
+def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
+    cfg = p.add
+    ds, cache = load_prepared(root)
+    cache = cache.extended(cfg.sample_prompts + [cfg.nfsd_negative_prompt], p.text_encoder)
+    teacher = load_teacher(p.teacher, root / MODELS / "teacher")
+    disc = build_discriminator(p.features, cfg.discriminator, ds.images.shape[1], cache.pooled.shape[1],
+                               root / MODELS / "features", p.seed)
+    out, model_dir = root / REPORTS / "add", root / MODELS / "student"
+    trained = train_add(cfg, teacher, p.seed, ds.subset(D.TRAIN), cache, disc,
+                        int(cache.rows([cfg.nfsd_negative_prompt])[0]), model_dir, root / CHECKPOINTS / "add",
+                        live_dir=out / "live", grid_dir=out / "progress", progress=progress,
+                        fingerprint_extra=[C.to_dict(p.features)])
+    student, history = trained.pop("student"), trained.pop("history")
+    if not trained.pop("main_process"):
+        return {}  # under `accelerate launch`: the main process writes the reports
+    resolved = sections(p, "seed", "data", "text_encoder", "teacher", "features", "add")
+    C.write_resolved(resolved, model_dir / "addlib_config.json", code_version=code_version(root))
+    C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
+    save_student_grid(student, student_schedule(p.teacher.schedule, cfg.student_zero_terminal_snr), cache,
+                      cache.rows(cfg.sample_prompts).tolist(), cfg, [1, 2, 4], out / "samples.png",
+                      "ADD student: 1, 2 and 4 steps, same noise per column", space=teacher.space)
+    steps = [r["step"] for r in history]
+    curve = lambda keys: {k: [r.get(k, float("nan")) for r in history] for k in keys}  # noqa: E731
+    plots.loss_curve(steps, curve(("loss_G", "loss_distill", "loss_D")), out / "losses.png", "ADD losses", logy=False)
+    plots.loss_curve(steps, curve(("logits_real", "logits_fake")), out / "logits.png",
+                     "discriminator logits (sum over heads of the token mean)", logy=False)
+    last = history[-1] if history else {}
+    metrics = {**trained, **{f"final_{k}": v for k, v in last.items() if k != "step"}}
+    write_json(out / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,136 @@
+"""Stage evaluate: Table 2 and Figures 4 and 7 at this scale, the teacher's solvers against the ADD student
+(evaluation.py), every row on the same prompts and noise."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers import UNet2DConditionModel
+
+from .. import config as C
+from .. import evaluation as E
+from .. import plots
+from ..diffusion import student_schedule
+from ..latent import load_teacher
+from ..metrics import extract, fid_from_features, split_halves_fid
+from ..paths import MODELS, REPORTS, code_version, write_json
+from ..sampling import initial_noise, unet_input_shape
+from ..training import set_threads
+from .common import load_prepared, sections
+from .scoring import scoring
+
+
+def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
+    cfg, add_cfg = p.evaluate, p.add
+    set_threads(cfg.num_threads)
+    acc = Accelerator()  # one process in the pipeline; under `accelerate launch` the sampling is split
+    ds, cache = load_prepared(root)
+    cache = cache.extended(add_cfg.sample_prompts, p.text_encoder)
+    out = root / REPORTS / "evaluate"
+    bundle = load_teacher(p.teacher, root / MODELS / "teacher")
+    schedule, space, teacher = bundle.schedule, bundle.space, bundle.unet.eval()
+    noise_shape = unet_input_shape(teacher)  # latent-shaped for latent teachers
+    sc = scoring(ds, cache, p.evaluators, cfg, root)
+    floor = split_halves_fid(sc.ref_feats, seed=cfg.seed)
+
+    test_prompts = sc.prompts_for(sc.ref, cfg.num_samples, cfg.seed, cache)
+    test_noise = initial_noise(cfg.num_samples, noise_shape, cfg.seed)
+    sel_prompts = sc.prompts_for(sc.sel, cfg.guidance_samples, cfg.guidance_seed, cache)
+    sel_noise = initial_noise(cfg.guidance_samples, noise_shape, cfg.guidance_seed)
+    student = UNet2DConditionModel.from_pretrained(root / MODELS / "student").eval()
+    sched_s = student_schedule(p.teacher.schedule, add_cfg.student_zero_terminal_snr)
+    empty = tuple(a for a in cache[torch.tensor([0])][:2])
+
+    def teacher_gen(sampler, steps, w):
+        return E.Generator("teacher", sampler, steps, w, teacher, schedule, empty=empty, space=space)
+
+    def student_gen(steps):
+        return E.Generator("student", "add", steps, 1.0, student, sched_s,
+                           trained_timesteps=add_cfg.student_timesteps, space=space)
+
+    rows, guidance, seed_fids = [], {}, {}
+
+    def add_row(gen, images, throughput):
+        r = {"model": gen.model, "sampler": gen.sampler, "steps": gen.steps, "nfe": gen.nfe,
+             "guidance": gen.guidance,
+             "seconds_per_image": E.seconds_per_image_batch1(gen, test_prompts, test_noise, cfg.speed_repeats),
+             "images_per_second": throughput if throughput is not None else float("nan"),
+             **sc.scorer(images, test_prompts)}
+        rows.append(r)
+        print(f"{r['model']:8s} {r['sampler']:12s} {r['steps']:3d} steps  w={r['guidance']:<4g} NFE {r['nfe']:3d}  "
+              f"FID {r['fid']:8.3f}  P {r['precision']:.3f}  R {r['recall']:.3f}  CLIP {r['clip_score']:.2f}  "
+              f"acc {r['prompt_accuracy']:.3f}  {r['seconds_per_image'] * 1e3:.1f} ms/img  "
+              f"{r['images_per_second']:.1f} img/s", flush=True)
+
+    # 1. Teacher rows: guidance chosen on the held-out split per sampler and step count (up to guidance_max_steps).
+    for sampler in cfg.teacher_samplers:
+        chosen: dict[int, float] = {}
+        for steps in sorted(cfg.teacher_steps):
+            if steps <= cfg.guidance_max_steps or not chosen:
+                w, fids = E.choose_guidance(lambda w: teacher_gen(sampler, steps, w), cfg.guidance_candidates,
+                                            sel_prompts, sel_noise,
+                                            lambda x: fid_from_features(sc.sel_feats, extract(sc.feat_fn, x)),
+                                            cfg.batch_size, accelerator=acc)
+                chosen[steps] = w
+                guidance[f"{sampler}/{steps}"] = {"chosen": w, "heldout_fid": {f"{k:g}": v for k, v in fids.items()}}
+            else:
+                w = chosen[max(chosen)]
+                guidance[f"{sampler}/{steps}"] = {"chosen": w, "reused_from_steps": max(chosen)}
+            gen = teacher_gen(sampler, steps, w)
+            images, throughput = E.generate(gen, test_prompts, test_noise, cfg.batch_size, progress=progress,
+                                            accelerator=acc)
+            add_row(gen, images, throughput)
+    # 2. Student rows, plus the FID spread over noise seeds.
+    for steps in sorted(cfg.student_steps):
+        gen = student_gen(steps)
+        images, throughput = E.generate(gen, test_prompts, test_noise, cfg.batch_size, seed=cfg.seed, accelerator=acc)
+        add_row(gen, images, throughput)
+        fids = [rows[-1]["fid"]]
+        for k in range(1, cfg.seed_repeats + 1):
+            x, _ = E.generate(gen, test_prompts, initial_noise(cfg.num_samples, noise_shape, cfg.seed + k),
+                              cfg.batch_size, seed=cfg.seed + k, accelerator=acc)
+            fids.append(fid_from_features(sc.ref_feats, extract(sc.feat_fn, x)))
+        t = torch.tensor(fids, dtype=torch.float64)
+        seed_fids[f"student/add/{steps}"] = {"fids": fids, "mean": float(t.mean()),
+                                             "std": float(t.std()) if len(fids) > 1 else 0.0}
+
+    # 3. Outputs: the table (csv + markdown), metrics, plots, Figure 4 (written by one process).
+    if not acc.is_main_process:
+        return {}
+    tables = root / REPORTS / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    with open(tables / "comparison.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=E.COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    (tables / "comparison.md").write_text(E.markdown_table(rows))
+    targets = E.check_targets(rows)
+    result = {"fid_features": sc.feat_name, "clip_model": "transformers CLIP" if cfg.clip else "in-domain image tower",
+              "reference": cfg.reference, "reference_images": len(sc.ref), "num_samples": cfg.num_samples,
+              "fid_floor_split_halves": floor, "student_fid_over_seeds": seed_fids, "teacher_guidance": guidance,
+              "rows": {f"{r['model']}/{r['sampler']}/{r['steps']}": r for r in rows}, "targets": targets,
+              "targets_met": sum(t["met"] for t in targets.values()), "targets_total": len(targets)}
+    write_json(root / REPORTS / "metrics" / "evaluate.json", result)
+    plots.fid_vs_nfe(rows, floor, out / "fid_vs_nfe.png",
+                     f"FID vs NFE ({cfg.num_samples} samples, {sc.feat_name} features)")
+    plots.quality_vs_time(rows, out / "quality_vs_time.png", "quality against sampling time (batch 1, this machine)")
+    # Figure 4: the same prompts and noise for the teacher (its best solver at each step count) and the student.
+    k = cfg.grid_per_prompt
+    gp = E.prompts_of([q for q in add_cfg.sample_prompts for _ in range(k)], torch.full((len(add_cfg.sample_prompts) * k,), -1),
+                      cache)
+    noise = initial_noise(len(gp), noise_shape, cfg.seed)
+    blocks = []
+    for steps in cfg.grid_steps:
+        cands = [r for r in rows if r["model"] == "teacher" and r["steps"] == steps]
+        sampler, w = (min(cands, key=lambda r: r["fid"])[k2] for k2 in ("sampler", "guidance")) if cands \
+            else (cfg.teacher_samplers[0], 1.0)
+        blocks.append((f"teacher {sampler}\n{steps} steps, w={w:g}", teacher_gen(sampler, steps, w)(gp, noise)))
+    for steps in sorted(cfg.student_steps):
+        blocks.append((f"ADD student\n{steps} step{'s' if steps > 1 else ''}", student_gen(steps)(gp, noise, seed=cfg.seed)))
+    plots.block_grid(blocks, add_cfg.sample_prompts, k, out / "figure4.png",
+                     "Figure 4 at this scale: the same prompts and noise in every block")
+    C.write_resolved(sections(p, "seed", "data", "text_encoder", "teacher", "add", "evaluators", "evaluate"),
+                     out / "config.json", code_version=code_version(root))
+    return result
