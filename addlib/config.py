@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import types
 import typing
@@ -76,6 +77,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -102,6 +105,9 @@ def from_dict(cls, data: Any, where: str):
                 continue
             raise ConfigError(f"{where}.{f.name}: missing key")
         kwargs[f.name] = _convert(data[f.name], hints[f.name], f"{where}.{f.name}")
+        if f.name == "seed" or f.name.endswith("_seed") or f.name == "seeds":  # torch takes seeds >= 0
+            seeds = kwargs[f.name] if isinstance(kwargs[f.name], list) else [kwargs[f.name]]
+            _check(all(v >= 0 for v in seeds), f"{where}.{f.name}", f"seeds must be >= 0, got {kwargs[f.name]}")
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
         obj.validate(where)
@@ -143,6 +149,46 @@ class DataConfig:
         _check(folder.is_dir(), f"{where}.folder", f"image folder not found: {folder}")
         _check((folder / "metadata.jsonl").is_file(), f"{where}.folder",
                f"no metadata.jsonl in {folder} (expected lines of {{\"file_name\": ..., \"text\": ...}})")
+        read_metadata(folder)
+
+
+def read_metadata(folder: Path) -> list[dict]:
+    """The rows of an imagefolder's metadata.jsonl, each checked: valid UTF-8 JSON with a ``file_name`` (a file
+    inside the folder) and a ``text`` (a string), and an optional integer ``label`` >= 0. Any problem is a
+    one-line ConfigError naming the file and line."""
+    meta_path = folder / "metadata.jsonl"
+    rows = []
+    inside = folder.resolve()
+    for n, raw in enumerate(meta_path.read_bytes().splitlines(), 1):
+        at = f"{meta_path}:{n}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{at}: not UTF-8 (byte {e.start}); save the file as UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{at}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict) or "file_name" not in row or "text" not in row:
+            raise ConfigError(f"{at}: needs an object with 'file_name' and 'text'")
+        name, text, label = row["file_name"], row["text"], row.get("label", -1)
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{at}: file_name must be a non-empty string, got {name!r}")
+        if not isinstance(text, str):
+            raise ConfigError(f"{at}: text must be a string (the caption), got {text!r}")
+        if isinstance(label, bool) or not isinstance(label, int) or (label < 0 and "label" in row):
+            raise ConfigError(f"{at}: label must be an integer >= 0 (the class index), got {label!r}")
+        path = (folder / name).resolve()
+        if Path(name).is_absolute() or inside not in path.parents:
+            raise ConfigError(f"{at}: file_name {name!r} points outside the folder {folder}")
+        if not path.is_file():
+            raise ConfigError(f"{at}: image not found: {folder / name}")
+        rows.append(row)
+    if not rows:
+        raise ConfigError(f"{meta_path}: no entries")
+    return rows
 
 
 @dataclasses.dataclass
@@ -171,6 +217,9 @@ class UNetConfig:
     norm_num_groups: int            # GroupNorm groups; must divide every width
 
     def validate(self, where: str) -> None:
+        _check(self.norm_num_groups >= 1, f"{where}.norm_num_groups", f"must be >= 1, got {self.norm_num_groups}")
+        _check(self.attention_head_dim >= 1, f"{where}.attention_head_dim",
+               f"must be >= 1, got {self.attention_head_dim}")
         _check(len(self.block_out_channels) == len(self.cross_attention), f"{where}.cross_attention",
                "needs one entry per block_out_channels level")
         _check(len(self.block_out_channels) >= 2, f"{where}.block_out_channels", "needs at least two levels")
@@ -309,6 +358,10 @@ class FeaturePretrainConfig:
         _check(self.steps >= 1 and self.batch_size >= 2, f"{where}.steps", "need steps >= 1 and batch_size >= 2")
         _check(self.lr > 0 and self.temperature > 0, f"{where}.lr", "lr and temperature must be > 0")
         _check(self.checkpoint_every >= 1 and self.log_every >= 1, f"{where}.log_every", "must be >= 1")
+        _check(self.probe_steps >= 1, f"{where}.probe_steps", f"must be >= 1, got {self.probe_steps}")
+        _check(self.warmup_steps >= 0 and self.weight_decay >= 0, f"{where}.warmup_steps",
+               "warmup_steps and weight_decay must be >= 0")
+        _check(self.num_threads >= 0, f"{where}.num_threads", f"must be >= 0, got {self.num_threads}")
 
 
 @dataclasses.dataclass
@@ -327,7 +380,13 @@ class FeatureNetConfig:
 
     def validate(self, where: str) -> None:
         _check(len(self.taps) >= 1, f"{where}.taps", "needs at least one block")
+        _check(self.img_size >= 1, f"{where}.img_size", f"must be >= 1, got {self.img_size}")
+        _check(not self.timm_name.lower().startswith(("hf-hub:", "hf_hub:")), f"{where}.timm_name",
+               f"{self.timm_name!r} would download from the Hugging Face hub at run time: give timm's architecture "
+               "name (e.g. vit_small_patch14_dinov2) with source: timm and a local weights file")
         if self.source == "in_domain":
+            for key in ("patch_size", "embed_dim", "depth", "num_heads"):
+                _check(getattr(self, key) >= 1, f"{where}.{key}", f"must be >= 1, got {getattr(self, key)}")
             _check(all(0 <= t < self.depth for t in self.taps), f"{where}.taps",
                    f"blocks must be in [0, depth={self.depth})")
             _check(self.img_size % self.patch_size == 0, f"{where}.patch_size",
@@ -392,6 +451,8 @@ class ADDTrainConfig:
                f"{where}.log_every", "intervals must be >= 1 (sample_every >= 0)")
         _check(self.gradient_accumulation >= 1 and self.batch_size % self.gradient_accumulation == 0,
                f"{where}.gradient_accumulation", f"must be >= 1 and divide batch_size={self.batch_size}")
+        _check(self.warmup_steps >= 0, f"{where}.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(self.num_threads >= 0, f"{where}.num_threads", f"must be >= 0, got {self.num_threads}")
 
 
 @dataclasses.dataclass
@@ -425,6 +486,8 @@ class ADDConfig:
                f"{where}.student_timesteps", "must be strictly decreasing non-negative timesteps")
         _check(self.lambda_distill >= 0 and self.lambda_adv >= 0, f"{where}.lambda_distill", "weights must be >= 0")
         _check(self.lambda_distill + self.lambda_adv > 0, f"{where}.lambda_adv", "both loss weights are 0")
+        for key in ("teacher_guidance", "nfsd_guidance"):
+            _check(getattr(self, key) >= 0, f"{where}.{key}", f"must be >= 0, got {getattr(self, key)}")
         _check(self.teacher_steps in (1, 2, 4), f"{where}.teacher_steps", "must be 1, 2 or 4")
         _check(not (self.distance == "perceptual" and self.distill_space == "latent"), f"{where}.distance",
                "perceptual is a distance between images: use distill_space: pixel")
@@ -454,6 +517,7 @@ class EvaluatorNetConfig:
         _check(self.steps >= 1 and self.batch_size >= 2, f"{where}.steps", "need steps >= 1 and batch_size >= 2")
         _check(self.lr > 0 and self.weight_decay >= 0, f"{where}.lr", "lr must be > 0, weight_decay >= 0")
         _check(self.checkpoint_every >= 1 and self.log_every >= 1, f"{where}.log_every", "must be >= 1")
+        _check(self.warmup_steps >= 0, f"{where}.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
 
 
 @dataclasses.dataclass
@@ -461,6 +525,9 @@ class EvaluatorsConfig:
     classifier: EvaluatorNetConfig   # FID / precision-recall features and prompt accuracy (needs labels)
     clip: EvaluatorNetConfig         # image tower trained against the frozen text encoder (CLIP score)
     num_threads: int
+
+    def validate(self, where: str) -> None:
+        _check(self.num_threads >= 0, f"{where}.num_threads", f"must be >= 0, got {self.num_threads}")
 
 
 @dataclasses.dataclass
@@ -496,6 +563,9 @@ class EvaluateConfig:
         _check(self.seed_repeats >= 0 and self.pr_k >= 1 and self.batch_size >= 1 and self.speed_repeats >= 1,
                f"{where}.pr_k", "pr_k, batch_size, speed_repeats >= 1; seed_repeats >= 0")
         _check(self.pr_k < self.num_samples, f"{where}.pr_k", "must be smaller than num_samples")
+        _check(self.guidance_max_steps >= 1 and self.grid_per_prompt >= 1, f"{where}.guidance_max_steps",
+               "guidance_max_steps and grid_per_prompt must be >= 1")
+        _check(self.num_threads >= 0, f"{where}.num_threads", f"must be >= 0, got {self.num_threads}")
 
     def check_inputs(self, root: Path, where: str = "evaluate") -> None:
         if self.inception:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .config import DataConfig
+from .config import DataConfig, read_metadata
 
 TRAIN, HOLDOUT = 0, 1
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -151,26 +151,8 @@ def _read_image(path: Path, channels: int) -> torch.Tensor:
 def load_folder(cfg: DataConfig, root: Path = Path(".")) -> Dataset:
     """An imagefolder with metadata.jsonl (file_name, text[, label])."""
     folder = Path(cfg.folder) if Path(cfg.folder).is_absolute() else root / cfg.folder
-    meta_path = folder / "metadata.jsonl"
-    rows = []
-    for n, line in enumerate(meta_path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{meta_path}:{n}: not valid JSON") from None
-        if "file_name" not in row or "text" not in row:
-            raise ValueError(f"{meta_path}:{n}: needs 'file_name' and 'text'")
-        rows.append(row)
-    if not rows:
-        raise ValueError(f"{meta_path}: no entries")
-    raw = []
-    for row in rows:
-        path = folder / row["file_name"]
-        if not path.is_file():
-            raise ValueError(f"cannot read image {path}: file not found")
-        raw.append(_read_image(path, cfg.channels))
+    rows = read_metadata(folder)  # checked row by row (config.read_metadata), also before the stage runs
+    raw = [_read_image(folder / row["file_name"], cfg.channels) for row in rows]
     labels = np.array([int(r.get("label", -1)) for r in rows], dtype=np.int64)
     split = split_indices(labels, cfg.holdout_fraction, cfg.split_seed)
     return Dataset(_finish(raw, cfg), torch.from_numpy(labels), [r["text"] for r in rows],

@@ -192,8 +192,8 @@ def clip_model_towers(folder: str | Path):
     ``images in [-1, 1] -> (N, D)`` and ``list[str] -> (N, D)``, for :func:`addlib.metrics.clip_score`."""
     from transformers import CLIPModel, CLIPTokenizer
 
-    model = CLIPModel.from_pretrained(str(folder)).eval()
-    tok = CLIPTokenizer.from_pretrained(str(folder))
+    model = CLIPModel.from_pretrained(str(folder), local_files_only=True).eval()  # never the network
+    tok = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     size = model.config.vision_config.image_size
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)

@@ -94,8 +94,8 @@ def load_pretrained(cfg: TeacherConfig, folder: str | Path) -> Teacher:
     folder = Path(folder)
     check_pipeline_folder(folder)
     check_schedule(cfg.schedule, folder)
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    vae = AutoencoderKL.from_pretrained(folder / "vae")
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)  # never the network
+    vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
     return Teacher(unet, NoiseSchedule(cfg.schedule), VAESpace(vae), str(folder))
 
 

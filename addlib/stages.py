@@ -163,17 +163,23 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path = 
     ensure_kernel()
     executed = root / executed_notebook(stage, key)
     executed.parent.mkdir(parents=True, exist_ok=True)
+    executed.with_suffix(".failed.ipynb").unlink(missing_ok=True)  # a previous failure's, now stale
     parameters = {"params_file": str(params_path)} | ({"run": key} if key is not None else {})
     try:
         pm.execute_notebook(str(notebook), str(executed), parameters=parameters, kernel_name=KERNEL,
                             cwd=str(root), log_output=True, progress_bar=False)
-    except pm.PapermillExecutionError as e:
+    except Exception as e:  # a cell raised, or the kernel died (nbclient's DeadKernelError: killed, out of memory)
         failed = executed.with_suffix(".failed.ipynb")
         if executed.exists():
             executed.replace(failed)
         remove_outputs(outputs)
-        print(f"error: stage {stage!r} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
-              f"(executed notebook: {failed})", file=sys.stderr)
+        if isinstance(e, pm.PapermillExecutionError):
+            why = f"failed in cell {e.exec_count}: {e.ename}: {e.evalue}"
+        else:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            why = (f"stopped: its kernel died (killed, or out of memory?) ({type(e).__name__}: {first})"
+                   if "DeadKernel" in type(e).__name__ else f"stopped: {type(e).__name__}: {first}")
+        print(f"error: stage {stage!r} {why} (executed notebook: {failed})", file=sys.stderr)
         return 1
     finish = getattr(body(stage), "finish", None)
     if finish is not None:  # e.g. the report: its page is the executed notebook, rendered after it ran

@@ -40,6 +40,25 @@ def test_unknown_key_is_named_with_suggestion(root):
     (("data", "resolution"), 10, r"data\.resolution: must be a multiple of 4"),
     (("teacher", "unet", "cross_attention"), [True], r"teacher\.unet\.cross_attention: needs one entry"),
     (("teacher", "train", "cond_dropout"), 1.5, r"teacher\.train\.cond_dropout: must be in \[0, 1\)"),
+    # zero divisors, caught before the modulo that would raise ZeroDivisionError
+    (("features", "patch_size"), 0, r"features\.patch_size: must be >= 1, got 0"),
+    (("features", "num_heads"), 0, r"features\.num_heads: must be >= 1, got 0"),
+    (("teacher", "unet", "norm_num_groups"), 0, r"teacher\.unet\.norm_num_groups: must be >= 1, got 0"),
+    (("teacher", "unet", "attention_head_dim"), 0, r"teacher\.unet\.attention_head_dim: must be >= 1, got 0"),
+    # negative or non-finite numbers
+    (("add", "teacher_guidance"), -5, r"add\.teacher_guidance: must be >= 0, got -5"),
+    (("add", "teacher_guidance"), float("nan"), r"add\.teacher_guidance: expected a finite number, got nan"),
+    (("add", "teacher_guidance"), "nan", r"add\.teacher_guidance: expected a finite number"),  # YAML: nan
+    (("add", "nfsd_guidance"), -5, r"add\.nfsd_guidance: must be >= 0, got -5"),
+    (("teacher", "train", "lr"), float("inf"), r"teacher\.train\.lr: expected a finite number, got inf"),
+    (("evaluators", "num_threads"), -3, r"evaluators\.num_threads: must be >= 0, got -3"),
+    (("evaluate", "num_threads"), -3, r"evaluate\.num_threads: must be >= 0, got -3"),
+    (("features", "pretrain", "probe_steps"), -1, r"features\.pretrain\.probe_steps: must be >= 1, got -1"),
+    (("seed",), -1, r"params\.seed: seeds must be >= 0, got -1"),
+    (("features", "timm_name"), "hf-hub:timm/vit_small_patch14_dinov2.lvd142m",
+     r"features\.timm_name: 'hf-hub:timm/vit_small_patch14_dinov2\.lvd142m' would download"),
+    (("data", "split_seed"), -2, r"data\.split_seed: seeds must be >= 0"),
+    (("ablations", "runs", "default", "seeds"), [0, -1], r"ablations\.runs\.default\.seeds: seeds must be >= 0"),
 ])
 def test_bad_values_are_one_line_errors(root, path, value, match):
     raw = _raw(root)

@@ -104,3 +104,28 @@ def test_dataset_roundtrip(tmp_path, mnist):
     small.save(tmp_path)
     back = D.Dataset.load(tmp_path)
     assert torch.equal(back.images, small.images) and back.captions == small.captions
+
+
+@pytest.mark.parametrize("line,match", [
+    (b'{"file_name": "a.png", "text": "caf\xe9"}', r"metadata\.jsonl:2: not UTF-8"),
+    (b'{"file_name": "a.png", "text": "four", "label": "four"}', r"metadata\.jsonl:2: label must be an integer >= 0"),
+    (b'{"file_name": "a.png", "text": "x", "label": -2}', r"metadata\.jsonl:2: label must be an integer >= 0"),
+    (b'{"file_name": "a.png", "text": 12345}', r"metadata\.jsonl:2: text must be a string"),
+    (b'{"file_name": "../elsewhere.png", "text": "x"}', r"metadata\.jsonl:2: file_name '\.\./elsewhere\.png' points outside"),
+    (b'{"file_name": "/etc/hostname", "text": "x"}', r"metadata\.jsonl:2: file_name '/etc/hostname' points outside"),
+    (b'{"file_name": "missing.png", "text": "x"}', r"metadata\.jsonl:2: image not found"),
+    (b'{"file_name": "a.png"', r"metadata\.jsonl:2: not valid JSON"),
+    (b'["a.png", "x"]', r"metadata\.jsonl:2: needs an object with 'file_name' and 'text'"),
+])
+def test_bad_metadata_lines_are_one_line_errors_naming_file_and_line(tmp_path, line, match):
+    """Checked before the prepare stage runs (config.DataConfig.check_inputs) and again when it loads."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(folder / "a.png")
+    (tmp_path / "elsewhere.png").write_bytes((folder / "a.png").read_bytes())  # exists, but outside
+    (folder / "metadata.jsonl").write_bytes(b'{"file_name": "a.png", "text": "fine", "label": 0}\n' + line + b"\n")
+    cfg = config.DataConfig("folder", str(folder), 8, 1, 0.2, 0)
+    for check in (lambda: cfg.check_inputs(tmp_path), lambda: D.load_folder(cfg)):
+        with pytest.raises(config.ConfigError, match=match) as e:
+            check()
+        assert "\n" not in str(e.value)

@@ -140,3 +140,28 @@ def test_real_clip_towers_load_from_a_local_transformers_folder(tmp_path):
     assert img.shape == (3, 8) and txt.shape == (3, 8)
     cos = F.cosine_similarity(img, txt, dim=-1)
     assert clip_score(img, txt) == pytest.approx(float((100 * cos.clamp_min(0)).mean()), rel=1e-5)
+
+
+def test_clip_loader_never_asks_the_network(monkeypatch):
+    """clip_model_towers passes local_files_only to both from_pretrained calls: a path that does not exist but
+    looks like a hub id fails here instead of downloading."""
+    import transformers
+
+    seen = []
+
+    def record(name):
+        def fake(cls, path, *a, **kw):
+            seen.append((name, kw.get("local_files_only")))
+            if name == "clip":
+                return transformers.CLIPModel(transformers.CLIPConfig(
+                    text_config=dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2),
+                    vision_config=dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                       num_attention_heads=2, image_size=16, patch_size=8), projection_dim=4))
+            raise OSError("stop")
+        return classmethod(fake)
+
+    monkeypatch.setattr(transformers.CLIPModel, "from_pretrained", record("clip"))
+    monkeypatch.setattr(transformers.CLIPTokenizer, "from_pretrained", record("tokenizer"))
+    with pytest.raises(OSError, match="stop"):
+        E.clip_model_towers("openai/clip-vit-base-patch32")
+    assert seen == [("clip", True), ("tokenizer", True)]

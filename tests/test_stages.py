@@ -1,8 +1,10 @@
 """Bad input stops a stage before any compute: non-zero exit, one clear line, no outputs left behind."""
+import re
 import shutil
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 
@@ -73,3 +75,40 @@ def test_report_before_the_ablations(tmp_path, root):
 def test_diagnose_before_the_student(tmp_path, root):
     cwd = _project(tmp_path, root, lambda raw: None)
     _assert_clean_failure(_run(cwd, "diagnose"), cwd, "models/teacher: not found; run the stages before 'diagnose'")
+
+
+def test_bad_metadata_line_stops_prepare_before_any_compute(tmp_path, root):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "x", "label": "four"}\n')
+    (folder / "a.png").write_bytes(b"not read: the metadata is checked first")
+    (tmp_path / "p").mkdir()
+    cwd = _project(tmp_path / "p", root, lambda raw: raw["data"].update(source="folder", folder=str(folder)))
+    _assert_clean_failure(_run(cwd, "prepare"), cwd, "metadata.jsonl:1: label must be an integer >= 0")
+
+
+@pytest.mark.parametrize("fail,message", [
+    ("raise RuntimeError('planted')", r"error: stage 'prepare' failed in cell \d+: RuntimeError: planted"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+     r"error: stage 'prepare' stopped: its kernel died \(killed, or out of memory\?\)"),
+])
+def test_a_failing_or_dying_notebook_leaves_no_outputs_and_a_failed_notebook(tmp_path, root, fail, message):
+    import nbformat
+
+    cwd = _project(tmp_path, root, lambda raw: None)
+    (cwd / "notebooks").mkdir()
+    writes = "import pathlib; pathlib.Path('reports/data').mkdir(parents=True); " \
+             "pathlib.Path('reports/data/card.json').write_text('{}')"  # a declared output, half-written
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('params_file = "params.yaml"', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(writes), nbformat.v4.new_code_cell(fail)])
+    nb.metadata["kernelspec"] = {"name": "addlib", "display_name": "Python (addlib)", "language": "python"}
+    nbformat.write(nb, str(cwd / "notebooks" / "prepare.ipynb"))
+    r = _run(cwd, "prepare")
+    assert r.returncode == 1, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and re.search(message, errors[0]), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not (cwd / "reports" / "data" / "card.json").exists()
+    assert not (cwd / "reports" / "executed" / "prepare.ipynb").exists()
+    assert (cwd / "reports" / "executed" / "prepare.failed.ipynb").is_file()
