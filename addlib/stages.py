@@ -98,6 +98,16 @@ def check_stage(stage: str, params_path: Path, root: Path, key: str | None = Non
         if missing or not (root / REPORTS / "metrics" / "evaluate.json").is_file():
             raise C.ConfigError(f"report: results missing ({', '.join(missing) or 'evaluate'}); "
                                 f"run the stages before 'report' first (dvc repro)")
+    elif stage == "check":  # everything the pipeline reads from outside it (stage check: before any output goes)
+        cfg.data.check_inputs(root)
+        cfg.text_encoder.check_inputs(root)
+        cfg.teacher.check_inputs(root)
+        cfg.features.check_inputs(root)
+        cfg.evaluate.check_inputs(root)
+        for name in cfg.ablations.runs:  # each run's own inputs (e.g. another F's weights)
+            run = C.parse_run(C.to_dict(cfg), name, cfg.ablations.runs[name].seeds[0])
+            run.teacher.check_inputs(root)
+            run.features.check_inputs(root)
     elif stage == "prepare":
         cfg.data.check_inputs(root)
         cfg.text_encoder.check_inputs(root)

@@ -46,7 +46,7 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     _sh(git + ["commit", "-qm", "smoke"], repo, env)
 
     r = _sh([str(BIN / "dvc"), "repro"], repo, env)
-    for stage in ["prepare", "teacher", "features", "add", "evaluators", "evaluate", "diagnose"]:
+    for stage in ["check", "prepare", "teacher", "features", "add", "evaluators", "evaluate", "diagnose"]:
         assert f"Running stage '{stage}'" in r.stdout, stage
 
     card = json.loads((repo / "reports/data/card.json").read_text())
@@ -104,6 +104,17 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert "Running stage" not in r.stdout
     r = _sh([str(BIN / "dvc"), "status"], repo, env)
     assert "up to date" in r.stdout
+    # A typo in params.yaml stops `dvc repro` at the check stage, before DVC removes any stage's outputs.
+    params = (repo / "params.yaml").read_text()
+    kept = [f for f in ["models/teacher/diffusion_pytorch_model.safetensors", "data/processed/dataset.safetensors",
+                        "reports/teacher/samples.png", "reports/evaluate/figure4.png", "reports/html/index.html"]]
+    (repo / "params.yaml").write_text(params.replace("teacher:\n", "teacher:\n  stpes_typo: 1\n", 1))
+    bad = subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "teacher.stpes_typo: unknown key" in bad.stdout + bad.stderr
+    assert "Running stage 'teacher'" not in bad.stdout and all((repo / f).is_file() for f in kept)
+    (repo / "params.yaml").write_text(params)
+    r = _sh([str(BIN / "dvc"), "repro"], repo, env)  # the stamp is rewritten, unchanged: nothing else reruns
+    assert "Running stage 'check'" in r.stdout and r.stdout.count("Running stage") == 1
 
     # evaluators: both networks trained and read out
     ev = json.loads((repo / "reports/evaluators/metrics.json").read_text())

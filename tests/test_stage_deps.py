@@ -31,6 +31,15 @@ def test_dvc_deps_are_exactly_the_code_the_stage_runs(stage):
     assert (notebook in STAGES[stage]["deps"]) == (ROOT / notebook).is_file()
 
 
+def test_the_check_stage_runs_before_every_other():
+    """DVC removes a stage's outputs before its command runs; the check stage validates params.yaml and its
+    inputs first, and every other stage depends on its stamp, so a bad value deletes nothing."""
+    assert "params.yaml" in STAGES["check"]["deps"]
+    for stage in STAGES:
+        if stage != "check":
+            assert "reports/check.json" in STAGES[stage]["deps"], stage
+
+
 def test_stage_bodies_are_separate():
     """An edit to one stage's body or to what only later stages use reruns nothing upstream."""
     assert "addlib/distillation.py" not in stage_code("teacher") + stage_code("evaluate") + stage_code("features")
@@ -66,7 +75,7 @@ def test_a_stage_body_gets_only_its_declared_sections(root):
     for stage in STAGES:
         p = S.stage_params(stage, "params.yaml", root)
         kept = {n for n in declared if getattr(p, n) is not None}
-        assert kept == {str(x).split(".")[0] for x in STAGES[stage]["params"]}, stage
+        assert kept == {str(x).split(".")[0] for x in STAGES[stage].get("params", [])}, stage
 
 
 def test_notebooks_take_the_params_file_only_and_make_one_call():

@@ -44,6 +44,18 @@ def test_missing_image_folder(tmp_path, root):
     _assert_clean_failure(_run(cwd, "prepare"), cwd, "data.folder: image folder not found")
 
 
+def test_check_names_every_outside_input(tmp_path, root):
+    """The check stage (first in dvc.yaml) looks at every input the pipeline reads from outside it."""
+    cwd = _project(tmp_path, root, lambda raw: raw["teacher"].update(pretrained="no/such/teacher"))
+    _assert_clean_failure(_run(cwd, "check"), cwd, "teacher.pretrained: folder not found: no/such/teacher")
+    cwd = _project(tmp_path, root, lambda raw: raw["ablations"]["runs"]["default"]["overrides"].update(
+        features={"source": "timm", "weights": "no/such/f.safetensors"}))
+    _assert_clean_failure(_run(cwd, "check"), cwd, "features.weights: weights file not found")
+    cwd = _project(tmp_path, root, lambda raw: None)
+    r = _run(cwd, "check")
+    assert r.returncode == 0 and (cwd / "reports" / "check.json").is_file(), r.stderr
+
+
 def test_teacher_before_prepare(tmp_path, root):
     cwd = _project(tmp_path, root, lambda raw: None)
     _assert_clean_failure(_run(cwd, "teacher"), cwd, "run the 'prepare' stage first")
