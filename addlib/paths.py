@@ -20,12 +20,16 @@ def write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+CODE = ("addlib", "notebooks", "dvc.yaml")  # what a result's code version covers (params are recorded apart)
+
+
 def code_version(root: Path = Path(".")) -> str:
-    """The git commit the results come from, with ``+dirty`` if tracked files differ from it."""
+    """The git commit the results come from, with ``+dirty`` if the code (CODE) differs from it. The outputs a
+    run rewrites (dvc.lock, reports/) and params.yaml (recorded in full beside every result) do not count."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return (rev or "unknown") + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
