@@ -20,8 +20,8 @@ from .discriminator import Discriminator, FeatureNetwork
 from .models import EMA
 from .pretrain import load_backbone
 from .text import TextCache
-from .training import (Checkpointer, average_gradients, batch_indices, global_means, run_loop, setup_run,
-                       step_generator, weight_dtype)
+from .training import (Checkpointer, average_gradients, batch_indices, content_digest, global_means, run_loop,
+                       setup_run, step_generator, weight_dtype)
 
 
 def build_discriminator(feat_cfg: C.FeatureNetConfig, disc_cfg: C.DiscriminatorConfig, channels: int,
@@ -59,6 +59,10 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
     from .objective import DiscriminatorLoss, StudentLoss, draw_step
 
     tc = cfg.train
+    # What the run trains on, by content, before anything is moved or cast: a checkpoint written on other data,
+    # captions, text embeddings, teacher (or VAE) weights or feature network F is never resumed.
+    inputs = content_digest(train.images, train.labels, train.captions, text.captions, text.states, text.mask,
+                            text.pooled, teacher.unet, teacher.space, discriminator.F)
     # 1. Devices, precision, processes; images and caption rows.
     accelerator, x_all, cap_all = setup_run(tc, train, text)
     dev, wdtype = accelerator.device, weight_dtype(tc.mixed_precision)
@@ -86,8 +90,8 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
     ema_model = copy.deepcopy(student).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(student.parameters(), lr=tc.lr_student, betas=tuple(tc.betas))
     opt_d = torch.optim.Adam(discriminator.heads.parameters(), lr=tc.lr_discriminator, betas=tuple(tc.betas))
-    ckpt = Checkpointer(checkpoint_dir, fingerprint(cfg, teacher.schedule.cfg, teacher.source, seed, len(train),
-                                                    text.captions, fingerprint_extra))
+    ckpt = Checkpointer(checkpoint_dir, fingerprint(cfg, teacher.schedule.cfg, teacher.source, seed, inputs,
+                                                    fingerprint_extra))
     raw_student = student
     # The discriminator is called through its parts (features, heads_forward), so it is moved, not wrapped;
     # its heads' gradients are averaged over processes by average_gradients.

@@ -92,7 +92,7 @@ def train_evaluator(kind: str, cfg: EvaluatorNetConfig, seed: int, x_train: torc
     from accelerate import Accelerator
 
     from .config import fingerprint
-    from .training import Checkpointer, batch_indices, run_loop, set_threads, step_generator
+    from .training import Checkpointer, batch_indices, content_digest, run_loop, set_threads, step_generator
 
     set_threads(num_threads)
     accelerator = Accelerator()
@@ -104,7 +104,7 @@ def train_evaluator(kind: str, cfg: EvaluatorNetConfig, seed: int, x_train: torc
         model = ImageTower(x_train.shape[1], cfg.channels, text_emb.shape[1])
         text_n = F.normalize(text_emb.float(), dim=-1)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ckpt = Checkpointer(checkpoint_dir, fingerprint(kind, cfg, seed, len(x_train)))
+    ckpt = Checkpointer(checkpoint_dir, fingerprint(kind, cfg, seed, content_digest(x_train, targets, text_emb)))
     model_p, opt_p = accelerator.prepare(model.train(), opt)
 
     def step_fn(step: int) -> dict:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from . import losses
 from .config import FeatureNetConfig
 from .discriminator import diff_augment
-from .training import Checkpointer, batch_indices, run_loop, set_threads, step_generator
+from .training import Checkpointer, batch_indices, content_digest, run_loop, set_threads, step_generator
 
 
 def build_vit(cfg: FeatureNetConfig, in_chans: int) -> nn.Module:
@@ -107,7 +107,7 @@ def pretrain_features(cfg: FeatureNetConfig, seed: int, x_train: torch.Tensor, o
     torch.manual_seed(seed)
     model = SimCLR(build_vit(cfg, x_train.shape[1]))
     opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
-    ckpt = Checkpointer(checkpoint_dir, fingerprint(cfg, seed, len(x_train)))
+    ckpt = Checkpointer(checkpoint_dir, fingerprint(cfg, seed, content_digest(x_train)))
     model_p, opt_p = accelerator.prepare(model, opt)
     x_in = x_train if x_train.shape[-1] == cfg.img_size else F.interpolate(
         x_train, size=cfg.img_size, mode="bilinear", antialias=True, align_corners=False)

@@ -13,8 +13,8 @@ from .data import Dataset, to_float
 from .diffusion import NoiseSchedule
 from .models import EMA, build_unet, count_parameters
 from .text import TextCache
-from .training import (Checkpointer, batch_indices, global_means, run_loop, setup_run, shard, step_generator,
-                       warmup_cosine)
+from .training import (Checkpointer, batch_indices, content_digest, global_means, run_loop, setup_run, shard,
+                       step_generator, warmup_cosine)
 
 
 def train_teacher(cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache, out_dir: str | Path,
@@ -36,7 +36,8 @@ def train_teacher(cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache
     unet = build_unet(cfg.unet, x_all.shape[-1], x_all.shape[1], text.states.shape[-1]).to(accelerator.device)
     ema = EMA(unet, tc.ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    ckpt = Checkpointer(checkpoint_dir, fingerprint(cfg, seed, len(train), text.captions))
+    inputs = content_digest(train.images, train.labels, train.captions, text.captions, text.states, text.mask)
+    ckpt = Checkpointer(checkpoint_dir, fingerprint(cfg, seed, inputs))  # never resumed on other inputs
     raw_unet = unet
     unet, opt_p = accelerator.prepare(unet, opt)
 

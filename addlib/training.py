@@ -77,6 +77,39 @@ def code_hash() -> str:
     return h.hexdigest()[:12]
 
 
+def content_digest(*inputs) -> str:
+    """A hash of what a run trains on, by content: tensors (dtype, shape and bytes), modules (every weight and
+    buffer by name), strings, numbers and lists or dicts of them. Goes into a checkpoint's fingerprint, so a
+    checkpoint is never resumed on other data, captions, text embeddings, teacher or feature network."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+
+    def feed(o) -> None:
+        if isinstance(o, torch.nn.Module):
+            for k, v in o.state_dict().items():
+                h.update(k.encode())
+                feed(v)
+        elif isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                h.update(repr(k).encode())
+                feed(v)
+        elif isinstance(o, (list, tuple)):
+            h.update(f"[{len(o)}".encode())
+            for x in o:
+                feed(x)
+        else:
+            h.update(repr(o).encode())
+
+    for o in inputs:
+        feed(o)
+    return h.hexdigest()
+
+
 class Checkpointer:
     """Keeps the latest checkpoint of a run in ``folder``; resumes only one written with the same config
     (``fingerprint``) by the same code (``code_hash``)."""

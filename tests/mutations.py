@@ -44,6 +44,7 @@ M = [
  ("a stage's code missing from its dvc.yaml deps", [("dvc.yaml", "      - addlib/pipeline/add.py\n", "")], "tests/test_stage_deps.py"),
  ("stage bodies see undeclared params sections", [("addlib/stages.py", "    return dataclasses.replace(p, **{f.name: None for f in dataclasses.fields(p) if f.name not in sections})", "    return p")], "tests/test_stage_deps.py"),
  ("Figure 4 / student grid blocks in the wrong rows", [("addlib/plots.py", "row.extend(images[r * per_row:(r + 1) * per_row])", "row.extend(images[r::len(row_labels)][:per_row])")], "tests/test_plots.py"),
+ ("checkpoint fingerprint blind to the inputs' content", [("addlib/training.py", "    return h.hexdigest()\n", '    return ""\n')], "tests/test_training.py tests/test_add.py"),
  ("c_img of pure-noise fakes from the real x0", [("addlib/objective.py", '        if not (dc.c_img and dc.c_img_pure_noise == "teacher_ode" and pure.any()):', "        if True:")], T_CORE),
 ]
 only = sys.argv[1:]

@@ -176,3 +176,20 @@ def test_nfsd_target_by_hand():
     # with the empty prompt as the negative one, delta_D vanishes at t >= 200: pure guidance, not NFSD
     degenerate = nfsd_target(PerPrompt(), sch, x_hat, x_t, t, states(e_c), states(e_u), states(e_u), s)
     torch.testing.assert_close(degenerate[1, 0, 0, 0], torch.tensor(-ratio[1] * s * (e_c - e_u)))
+
+
+@pytest.mark.parametrize("change", ["teacher weights", "F's weights", "one pixel"])
+def test_an_add_checkpoint_on_other_inputs_is_not_resumed(tmp_path, smoke_params, tiny_data, change):
+    """After a new teacher, feature network or data, `add` starts afresh instead of resuming an old student
+    (test_two_steps_then_resume_equals_three shows that the same inputs do resume)."""
+    add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data)
+    assert _run(add, smoke_params, ds, cache, teacher, disc, tmp_path, max_steps=2)["steps"] == 2
+    add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data)
+    with torch.no_grad():
+        if change == "teacher weights":
+            next(teacher.parameters()).add_(1e-3)
+        elif change == "F's weights":
+            next(disc.F.parameters()).add_(1e-3)
+        else:
+            ds.images[0, 0, 0, 0] ^= 1
+    assert _run(add, smoke_params, ds, cache, teacher, disc, tmp_path)["resumed_from_step"] == 0

@@ -68,6 +68,22 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path, smoke_params, tin
     assert out["resumed_from_step"] == 0
 
 
+@pytest.mark.parametrize("change", ["one pixel", "one label", "a caption's text embedding"])
+def test_a_checkpoint_on_other_inputs_is_not_resumed(tmp_path, smoke_params, tiny_data, change):
+    """The fingerprint covers the inputs by content: after a change to the data or the text encoder's output,
+    a half-finished run starts afresh instead of resuming (and a finished one instead of republishing)."""
+    ds, cache = tiny_data
+    cfg = _tiny(smoke_params)
+    assert _run(cfg, ds, cache, tmp_path, max_steps=2)["steps"] == 2
+    if change == "one pixel":
+        ds.images[0, 0, 0, 0] ^= 1
+    elif change == "one label":
+        ds.labels[0] = (ds.labels[0] + 1) % 10
+    else:
+        cache.states[1, 0, 0] += 1e-3
+    assert _run(cfg, ds, cache, tmp_path)["resumed_from_step"] == 0
+
+
 def test_nan_loss_stops_with_a_clear_message(tmp_path, smoke_params, tiny_data):
     ds, cache = tiny_data
     cache.states[1:] = float("nan")
