@@ -8,6 +8,7 @@ iteration, the student update (L_G + lambda L_distill, D's heads frozen), the di
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -106,6 +107,7 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
     grid_text = None
     if grid_dir is not None and text.has(cfg.sample_prompts):
         grid_text = text.rows(cfg.sample_prompts).tolist()
+    kept_grids = ckpt.run_dir / "progress"  # survives a kill and DVC's removal of outputs: a resumed run has them all
     micro = tc.gradient_accumulation
     per_proc = tc.batch_size // accelerator.num_processes
     if per_proc % micro:
@@ -168,9 +170,12 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
         done = step + 1
         if grid_text is not None and tc.sample_every and done % tc.sample_every == 0 and accelerator.is_main_process:
             ema.copy_to(ema_model)
-            save_student_grid(ema_model, sched_s, text, grid_text, cfg, [1, 2, 4],
-                              Path(grid_dir) / f"step_{done:06d}.png", f"ADD student (EMA) at step {done}",
-                              space=space)
+            png = save_student_grid(ema_model, sched_s, text, grid_text, cfg, [1, 2, 4],
+                                    Path(grid_dir) / f"step_{done:06d}.png", f"ADD student (EMA) at step {done}",
+                                    space=space)
+            if save:
+                kept_grids.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(png, kept_grids / png.name)
         return global_means(sums, accelerator)
 
     # 5. Train (resuming from the latest matching checkpoint).
@@ -179,13 +184,19 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
                    modules={"student": raw_student, "disc_heads": d_raw.heads},
                    optimizers={"opt_student": opt_g, "opt_disc": opt_d}, emas={"ema": ema},
                    accelerator=accelerator, live_dir=live_dir, max_steps=max_steps, progress=progress, save=save)
-    # 6. Save the student's EMA weights as a diffusers model.
+    # 6. Save the student's EMA weights as a diffusers model; the grids of steps before a resume, from the run's
+    # checkpoint folder.
     ema.copy_to(ema_model)
+    if grid_text is not None and accelerator.is_main_process and kept_grids.is_dir():
+        for png in sorted(kept_grids.glob("step_*.png")):
+            if int(png.stem.split("_")[1]) <= run["end"] and not (Path(grid_dir) / png.name).exists():
+                shutil.copy2(png, Path(grid_dir) / png.name)
     if save and accelerator.is_main_process and run["end"] == tc.steps:
         ema_model.save_pretrained(out_dir, safe_serialization=True)
     return {"steps": run["end"], "resumed_from_step": run["start"], "train_seconds": run["train_seconds"],
             "images_per_second": run["end"] * tc.batch_size / max(run["train_seconds"], 1e-9),
-            "history": run["history"], "student": ema_model, "main_process": accelerator.is_main_process}
+            "history": run["history"], "student": ema_model, "main_process": accelerator.is_main_process,
+            "checkpoints": ckpt.run_dir}
 
 
 def save_student_grid(student, schedule: NoiseSchedule, text: TextCache, rows: list[int], cfg, steps_list,

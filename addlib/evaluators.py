@@ -141,7 +141,8 @@ def train_evaluator(kind: str, cfg: EvaluatorNetConfig, seed: int, x_train: torc
     if run["end"] == cfg.steps and accelerator.is_main_process:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(out_dir) / f"{kind}.safetensors"))
-    return {"steps": run["end"], "train_seconds": run["train_seconds"], "history": run["history"], "model": model}
+    return {"steps": run["end"], "train_seconds": run["train_seconds"], "history": run["history"], "model": model,
+            "checkpoints": ckpt.run_dir}
 
 
 def load_evaluator(kind: str, cfg: EvaluatorNetConfig, in_chans: int, out_dim: int, folder: str | Path) -> nn.Module:

@@ -134,7 +134,7 @@ def pretrain_features(cfg: FeatureNetConfig, seed: int, x_train: torch.Tensor, o
         save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()},
                   str(Path(out_dir) / "backbone.safetensors"))
     return {"steps": run["end"], "resumed_from_step": run["start"], "train_seconds": run["train_seconds"],
-            "history": run["history"], "backbone": model.backbone.eval()}
+            "history": run["history"], "backbone": model.backbone.eval(), "checkpoints": ckpt.run_dir}
 
 
 @torch.no_grad()

@@ -86,4 +86,5 @@ def train_teacher(cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache
         "unet": raw_unet,
         "history": rows,
         "main_process": accelerator.is_main_process,
+        "checkpoints": ckpt.run_dir,
     }

@@ -110,17 +110,24 @@ def content_digest(*inputs) -> str:
     return h.hexdigest()
 
 
+SANE_WEIGHT = 1e4  # a checkpoint is written only if every weight is finite and no larger than this in magnitude
+
+
 class Checkpointer:
-    """Keeps the latest checkpoint of a run in ``folder``; resumes only one written with the same config
-    (``fingerprint``) by the same code (``code_hash``)."""
+    """The checkpoints of one run: ``folder/<fingerprint>/checkpoint-<step>``, the fingerprint covering the config,
+    the inputs by content (content_digest) and the code (``code_hash``). Only a checkpoint of the same run is
+    resumed; a save replaces that run's older checkpoints and never touches another run's. Weights that are not
+    finite, or have blown up (|w| > SANE_WEIGHT), are never written, so a run that diverges keeps its last
+    sane checkpoint."""
 
     def __init__(self, folder: str | Path, fingerprint: str):
         self.folder = Path(folder)
         self.fingerprint = f"{fingerprint}-{code_hash()}"
+        self.run_dir = self.folder / self.fingerprint
 
     def latest(self) -> Path | None:
         best = None
-        for p in self.folder.glob("checkpoint-*"):
+        for p in self.run_dir.glob("checkpoint-*"):
             try:
                 state = json.loads((p / "state.json").read_text())
             except (OSError, json.JSONDecodeError):
@@ -129,23 +136,30 @@ class Checkpointer:
                 best = (state["step"], p)
         return best[1] if best else None
 
-    def save(self, step: int, modules: dict, optimizers: dict, emas: dict, state: dict) -> Path:
-        tmp = self.folder / f".tmp-checkpoint-{step}"
+    @staticmethod
+    def sane(tensors) -> bool:
+        return all(bool(torch.isfinite(v).all()) and float(v.abs().max()) <= SANE_WEIGHT
+                   for v in tensors if v.is_floating_point() and v.numel())
+
+    def save(self, step: int, modules: dict, optimizers: dict, emas: dict, state: dict) -> Path | None:
+        """Write checkpoint ``step`` (None if the weights are not sane: nothing is written or removed)."""
+        weights = {name: {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+                   for name, m in modules.items()}
+        weights.update({name: {k: v.cpu().contiguous() for k, v in e.state_dict().items()} for name, e in emas.items()})
+        if not all(self.sane(w.values()) for w in weights.values()):
+            return None
+        tmp = self.run_dir / f".tmp-checkpoint-{step}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for name, m in modules.items():
-            save_file({k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()},
-                      str(tmp / f"{name}.safetensors"))
-        for name, e in emas.items():
-            save_file({k: v.cpu().contiguous() for k, v in e.state_dict().items()},
-                      str(tmp / f"{name}.safetensors"))
+        for name, w in weights.items():
+            save_file(w, str(tmp / f"{name}.safetensors"))
         for name, o in optimizers.items():
             torch.save(o.state_dict(), tmp / f"{name}.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step, "fingerprint": self.fingerprint}))
-        final = self.folder / f"checkpoint-{step}"
+        final = self.run_dir / f"checkpoint-{step}"
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        for old in self.folder.glob("checkpoint-*"):
+        for old in self.run_dir.glob("checkpoint-*"):
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
         return final
@@ -235,8 +249,12 @@ def run_loop(name: str, step_fn, *, steps: int, log_every: int, checkpoint_every
         metrics = step_fn(step)
         for k, v in metrics.items():
             if not math.isfinite(v):
-                raise FloatingPointError(f"{name} {k} is {v} at step {step + 1}; "
-                                         f"the last good checkpoint is kept in {checkpointer.folder}")
+                last = checkpointer.latest()
+                kept = (f"its last checkpoint with sane weights ({last}) is kept and a rerun resumes from it"
+                        if last is not None else "no checkpoint with sane weights was written")
+                raise FloatingPointError(f"{name} {k} is {v} at step {step + 1}; {kept}; to start this run "
+                                         f"afresh delete {checkpointer.run_dir} (or change its params, e.g. a "
+                                         f"lower learning rate, which starts a new run)")
             sums[k] = sums.get(k, 0.0) + v
         n_since += 1
         done = step + 1

@@ -45,6 +45,9 @@ M = [
  ("stage bodies see undeclared params sections", [("addlib/stages.py", "    return dataclasses.replace(p, **{f.name: None for f in dataclasses.fields(p) if f.name not in sections})", "    return p")], "tests/test_stage_deps.py"),
  ("Figure 4 / student grid blocks in the wrong rows", [("addlib/plots.py", "row.extend(images[r * per_row:(r + 1) * per_row])", "row.extend(images[r::len(row_labels)][:per_row])")], "tests/test_plots.py"),
  ("checkpoint fingerprint blind to the inputs' content", [("addlib/training.py", "    return h.hexdigest()\n", '    return ""\n')], "tests/test_training.py tests/test_add.py"),
+ ("grids of the steps before a resume lost", [("addlib/distillation.py", "            if int(png.stem.split(\"_\")[1]) <= run[\"end\"] and not (Path(grid_dir) / png.name).exists():", "            if False:")], "tests/test_add.py"),
+ ("a save deletes another run's checkpoints", [("addlib/training.py", "        for old in self.run_dir.glob(\"checkpoint-*\"):", "        for old in self.folder.glob(\"*/checkpoint-*\"):")], "tests/test_training.py"),
+ ("diverged weights checkpointed", [("addlib/training.py", "        if not all(self.sane(w.values()) for w in weights.values()):\n            return None\n", "")], "tests/test_training.py"),
  ("c_img of pure-noise fakes from the real x0", [("addlib/objective.py", '        if not (dc.c_img and dc.c_img_pure_noise == "teacher_ode" and pure.any()):', "        if True:")], T_CORE),
 ]
 only = sys.argv[1:]

@@ -2,6 +2,7 @@
 variant of the ablations runs; the saved student samples in one call."""
 import dataclasses
 import json
+import shutil
 
 import pytest
 import timm
@@ -51,7 +52,7 @@ def test_two_steps_then_resume_equals_three(tmp_path, smoke_params, tiny_data):
     keys = ["loss_G", "loss_distill", "loss_D", "r1", "logits_real", "logits_fake"]
     for a, b in zip(full["history"], resumed["history"]):
         assert [a[k] for k in keys] == [b[k] for k in keys]
-    a, b = tmp_path / "full" / "ckpt" / "checkpoint-3", tmp_path / "resumed" / "ckpt" / "checkpoint-3"
+    a, b = (next((tmp_path / run / "ckpt").glob("*/checkpoint-3")) for run in ("full", "resumed"))
     for name in ["student", "disc_heads", "ema"]:
         sa, sb = load_file(str(a / f"{name}.safetensors")), load_file(str(b / f"{name}.safetensors"))
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
@@ -193,3 +194,19 @@ def test_an_add_checkpoint_on_other_inputs_is_not_resumed(tmp_path, smoke_params
         else:
             ds.images[0, 0, 0, 0] ^= 1
     assert _run(add, smoke_params, ds, cache, teacher, disc, tmp_path)["resumed_from_step"] == 0
+
+
+def test_a_resumed_run_keeps_the_progress_grids_of_the_steps_before_the_kill(tmp_path, smoke_params, tiny_data):
+    """DVC and the runner remove reports/add/progress before a rerun; the grids live on in the run's checkpoint
+    folder, so a resumed run ends with every grid an uninterrupted run writes."""
+    add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data, sample_prompts=["a", "c"], sample_per_prompt=1)
+    add = dataclasses.replace(add, train=dataclasses.replace(add.train, sample_every=1))
+    grids = tmp_path / "progress"
+    _run(add, smoke_params, ds, cache, teacher, disc, tmp_path, max_steps=2, grid_dir=grids)
+    assert sorted(p.name for p in grids.glob("*.png")) == ["step_000001.png", "step_000002.png"]
+    shutil.rmtree(grids)  # what a rerun of the stage does to its outputs
+    add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data, sample_prompts=["a", "c"], sample_per_prompt=1)
+    add = dataclasses.replace(add, train=dataclasses.replace(add.train, sample_every=1))
+    resumed = _run(add, smoke_params, ds, cache, teacher, disc, tmp_path, grid_dir=grids)
+    assert resumed["resumed_from_step"] == 2
+    assert sorted(p.name for p in grids.glob("*.png")) == ["step_000001.png", "step_000002.png", "step_000003.png"]

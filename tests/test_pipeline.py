@@ -49,6 +49,8 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     for stage in ["check", "prepare", "teacher", "features", "add", "evaluators", "evaluate", "diagnose"]:
         assert f"Running stage '{stage}'" in r.stdout, stage
 
+    # every stage that trained pruned its run's checkpoints once its outputs were written
+    assert not list((repo / "checkpoints").rglob("state.json"))
     card = json.loads((repo / "reports/data/card.json").read_text())
     assert card["images"] == 5000 and card["train"] == 4500 and card["resolution"] == 8
     assert card["distinct_captions"] == 60

@@ -32,7 +32,7 @@ def test_resume_continues_at_step_3_with_identical_state(tmp_path, smoke_params,
     assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 3
     assert [r["step"] for r in resumed["history"]] == [1, 2, 3]
     assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
-    a, b = tmp_path / "full" / "ckpt" / "checkpoint-3", tmp_path / "resumed" / "ckpt" / "checkpoint-3"
+    a, b = (next((tmp_path / run / "ckpt").glob("*/checkpoint-3")) for run in ("full", "resumed"))
     for name in ["unet", "ema"]:
         sa, sb = load_file(str(a / f"{name}.safetensors")), load_file(str(b / f"{name}.safetensors"))
         assert sa.keys() == sb.keys()
@@ -110,11 +110,64 @@ def test_lr_schedule(smoke_params):
 
 
 def test_checkpointer_ignores_incomplete(tmp_path):
-    (tmp_path / "checkpoint-9").mkdir()  # a kill during writing leaves no state.json
-    assert Checkpointer(tmp_path, "abc").latest() is None
+    ck = Checkpointer(tmp_path, "abc")
+    (ck.run_dir / "checkpoint-9").mkdir(parents=True)  # a kill during writing leaves no state.json
+    assert ck.latest() is None
+
+
+def _save(ck, step, w):
+    m = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        m.weight.fill_(w)
+    return ck.save(step, {"m": m}, {}, {}, {"history": []})
+
+
+def test_checkpointer_keeps_each_runs_latest_and_never_another_runs(tmp_path):
+    a, b = Checkpointer(tmp_path, "config-a"), Checkpointer(tmp_path, "config-b")
+    _save(a, 5, 1.0)
+    _save(a, 10, 1.0)
+    _save(b, 3, 1.0)  # another configuration's save (the NaN run of the issue deleted a finished run here)
+    assert [p.name for p in a.run_dir.glob("checkpoint-*")] == ["checkpoint-10"]
+    assert a.latest().name == "checkpoint-10" and b.latest().name == "checkpoint-3"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e6])
+def test_checkpointer_never_writes_weights_that_are_not_sane(tmp_path, bad):
+    ck = Checkpointer(tmp_path, "abc")
+    assert _save(ck, 5, 0.5) is not None
+    assert _save(ck, 10, bad) is None  # a diverging run keeps its last sane checkpoint
+    assert ck.latest().name == "checkpoint-5"
+    assert load_file(str(ck.latest() / "m.safetensors"))["weight"].eq(0.5).all()
+
+
+def test_divergence_message_says_what_is_kept_and_how_to_restart(tmp_path, smoke_params, tiny_data):
+    ds, cache = tiny_data
+    cfg = _tiny(smoke_params, steps=4)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every=1))
+    _run(cfg, ds, cache, tmp_path, max_steps=2)  # two good steps, checkpoint-2
+    cache.states[1:] = float("nan")  # the loss goes NaN from step 1 (new inputs: a new run, nothing to resume)
+    with pytest.raises(FloatingPointError) as e:
+        _run(cfg, ds, cache, tmp_path / "other")
+    msg = str(e.value)
+    assert "teacher loss is nan at step 1" in msg and "no checkpoint with sane weights was written" in msg
+    assert "to start this run afresh delete" in msg and "\n" not in msg
 
 
 def test_shard_splits_global_batch():
     class Acc:
         num_processes, process_index = 2, 1
     assert training.shard(torch.arange(8), Acc()).tolist() == [4, 5, 6, 7]
+
+
+def test_a_stage_prunes_its_runs_checkpoints_unless_asked_to_keep_them(tmp_path, monkeypatch):
+    from addlib.pipeline.common import prune_checkpoints
+
+    mine, other = Checkpointer(tmp_path, "this-run"), Checkpointer(tmp_path, "another-config")
+    _save(mine, 3, 1.0)
+    _save(other, 2, 1.0)
+    monkeypatch.setenv("ADDLIB_KEEP_CHECKPOINTS", "1")
+    prune_checkpoints(mine.run_dir)
+    assert mine.latest() is not None
+    monkeypatch.delenv("ADDLIB_KEEP_CHECKPOINTS")
+    prune_checkpoints(mine.run_dir)
+    assert not mine.run_dir.exists() and other.latest().name == "checkpoint-2"

@@ -16,7 +16,7 @@ from ..latent import load_teacher
 from ..paths import CHECKPOINTS, MODELS, REPORTS, code_version, write_json
 from ..pretrain import pretrain_features
 from ..sampling import initial_noise, unet_input_shape
-from .common import load_prepared, sections
+from .common import load_prepared, prune_checkpoints, sections
 from .scoring import scoring
 
 
@@ -74,4 +74,5 @@ def run(p: C.Params, name: str, root: Path = Path("."), progress: bool = True) -
         metrics["feature_network_pretraining"] = pretrained_f
     write_json(out / "metrics.json", metrics)
     C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
+    prune_checkpoints(work)  # the run's F, students and checkpoints: a killed stage resumed from them until here
     return metrics

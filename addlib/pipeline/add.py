@@ -11,7 +11,7 @@ from ..diffusion import student_schedule
 from ..distillation import build_discriminator, save_student_grid, train_add
 from ..latent import load_teacher
 from ..paths import CHECKPOINTS, MODELS, REPORTS, code_version, write_json
-from .common import load_prepared, sections
+from .common import load_prepared, prune_checkpoints, sections
 
 
 def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
@@ -26,7 +26,7 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
                         int(cache.rows([cfg.nfsd_negative_prompt])[0]), model_dir, root / CHECKPOINTS / "add",
                         live_dir=out / "live", grid_dir=out / "progress", progress=progress,
                         fingerprint_extra=[C.to_dict(p.features)])
-    student, history = trained.pop("student"), trained.pop("history")
+    student, history, trained_in = trained.pop("student"), trained.pop("history"), trained.pop("checkpoints")
     if not trained.pop("main_process"):
         return {}  # under `accelerate launch`: the main process writes the reports
     resolved = sections(p, "seed", "data", "text_encoder", "teacher", "features", "add")
@@ -43,4 +43,5 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     last = history[-1] if history else {}
     metrics = {**trained, **{f"final_{k}": v for k, v in last.items() if k != "step"}}
     write_json(out / "metrics.json", metrics)
+    prune_checkpoints(trained_in)
     return metrics

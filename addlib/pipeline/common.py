@@ -1,7 +1,8 @@
 """What every stage body reads: the prepared data, and the record of the params a result came from."""
 from __future__ import annotations
 
-import dataclasses
+import os
+import shutil
 from pathlib import Path
 
 from .. import data as D
@@ -24,6 +25,11 @@ def sections(p, *names: str) -> dict:
     return {n: getattr(p, n) for n in names}
 
 
-def section_names(p) -> list[str]:
-    """The sections a (restricted) params object holds."""
-    return [f.name for f in dataclasses.fields(p) if getattr(p, f.name) is not None]
+def prune_checkpoints(*run_dirs: Path) -> None:
+    """Once a stage's outputs are written, the checkpoints of the runs it trained go (a rerun with the same inputs
+    is restored from DVC's cache, not resumed); other configurations' checkpoints stay. ADDLIB_KEEP_CHECKPOINTS=1
+    keeps them all."""
+    if os.environ.get("ADDLIB_KEEP_CHECKPOINTS", "0") not in ("", "0"):
+        return
+    for d in run_dirs:
+        shutil.rmtree(d, ignore_errors=True)

@@ -13,7 +13,7 @@ from ..evaluators import batched, train_evaluator, zero_shot_accuracy
 from ..metrics import clip_score
 from ..paths import CHECKPOINTS, MODELS, REPORTS, code_version, write_json
 from ..text import TextCache
-from .common import has_labels, load_prepared, sections
+from .common import has_labels, load_prepared, prune_checkpoints, sections
 
 
 def class_text_embeddings(train: D.Dataset, cache: TextCache) -> torch.Tensor:
@@ -29,12 +29,13 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     train, hold = ds.subset(D.TRAIN), ds.subset(D.HOLDOUT)
     out, model_dir = root / REPORTS / "evaluators", root / MODELS / "evaluators"
     metrics: dict = {}
-    curves = {}
+    curves, trained_in = {}, []
     if has_labels(train):
         trained = train_evaluator("classifier", cfg.classifier, p.seed, train.pixels(), train.labels, None,
                                   model_dir, root / CHECKPOINTS / "evaluators" / "classifier", progress=progress,
                                   num_threads=cfg.num_threads)
         clf = trained["model"]
+        trained_in.append(trained["checkpoints"])
         metrics["classifier"] = {"steps": trained["steps"], "train_seconds": trained["train_seconds"],
                                  "holdout_accuracy": float((batched(clf, hold.pixels()).argmax(1) == hold.labels)
                                                            .float().mean())}
@@ -44,6 +45,7 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
                               root / CHECKPOINTS / "evaluators" / "clip", progress=progress,
                               num_threads=cfg.num_threads)
     tower = trained["model"]
+    trained_in.append(trained["checkpoints"])
     z = batched(tower, hold.pixels())
     own = cache.pooled[cache.rows(hold.captions)]
     shuffled = own[torch.randperm(len(own), generator=torch.Generator().manual_seed(p.seed))]
@@ -62,4 +64,5 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     resolved = sections(p, "seed", "data", "text_encoder", "evaluators")
     C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
     C.write_resolved(resolved, model_dir / "addlib_config.json", code_version=code_version(root))
+    prune_checkpoints(*trained_in)
     return metrics

@@ -12,7 +12,7 @@ from .. import plots
 from ..models import count_parameters
 from ..paths import CHECKPOINTS, DATA_DIR, MODELS, REPORTS, code_version, write_json
 from ..pretrain import build_vit, embed, linear_probe, load_backbone, pretrain_features
-from .common import has_labels, sections
+from .common import has_labels, prune_checkpoints, sections
 
 
 def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
@@ -21,11 +21,13 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     train, hold = ds.subset(D.TRAIN), ds.subset(D.HOLDOUT)
     out, model_dir = root / REPORTS / "features", root / MODELS / "features"
     model_dir.mkdir(parents=True, exist_ok=True)
+    trained_in = []
     metrics: dict = {"source": cfg.source, "objective": cfg.pretrain.objective if cfg.source == "in_domain" else None}
     if cfg.source == "in_domain" and cfg.pretrain.objective != "none":
         trained = pretrain_features(cfg, p.seed, train.pixels(), model_dir, root / CHECKPOINTS / "features",
                                     live_dir=None, progress=progress)
         history = trained.pop("history")
+        trained_in.append(trained["checkpoints"])
         plots.loss_curve([r["step"] for r in history], {"NT-Xent": [r["loss"] for r in history]},
                          out / "loss.png", "feature network F: SimCLR pretraining loss", logy=False)
         metrics.update(steps=trained["steps"], train_seconds=trained["train_seconds"])
@@ -54,4 +56,5 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     resolved = sections(p, "seed", "data", "features")
     C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
     C.write_resolved(resolved, model_dir / "addlib_config.json", code_version=code_version(root))
+    prune_checkpoints(*trained_in)
     return metrics

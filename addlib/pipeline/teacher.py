@@ -14,7 +14,7 @@ from ..paths import CHECKPOINTS, MODELS, REPORTS, code_version, write_json
 from ..sampling import initial_noise, sample_teacher, unet_input_shape
 from ..text import TextEncoder
 from ..teacher import train_teacher
-from .common import load_prepared, sections
+from .common import load_prepared, prune_checkpoints, sections
 
 
 def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
@@ -22,6 +22,7 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     ds, cache = load_prepared(root)
     out = root / REPORTS / "teacher"
     model_dir = root / MODELS / "teacher"
+    trained_in = None
     if cfg.pretrained:
         model_dir.mkdir(parents=True, exist_ok=True)
         teacher = load_teacher(cfg, model_dir)
@@ -35,7 +36,7 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
         summary = train_teacher(cfg, p.seed, ds.subset(D.TRAIN), cache, model_dir, root / CHECKPOINTS / "teacher",
                                 live_dir=out / "live", progress=progress)
         summary.pop("unet")
-        history = summary.pop("history")
+        history, trained_in = summary.pop("history"), summary.pop("checkpoints")
         if not summary.pop("main_process"):
             return {}  # under `accelerate launch`: the main process writes the reports
         plots.loss_curve([r["step"] for r in history], {"denoising loss": [r["loss"] for r in history]},
@@ -60,4 +61,6 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     metrics = {**summary, "grid_sample_seconds": sample_seconds}
     write_json(out / "metrics.json", metrics)
     C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
+    if trained_in is not None:
+        prune_checkpoints(trained_in)
     return metrics
