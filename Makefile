@@ -29,8 +29,9 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq --no-install-recommends chromium; }
 
+# JupyterLab on the project's kernel; as root (containers) it needs --allow-root.
 lab: $(VENV)/.installed
-	$(BIN)/jupyter lab
+	$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 clean-checkpoints:
 	rm -rf checkpoints
