@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from addlib import plots
+from addlib import figures, plots
 
 
 def test_block_grid_lays_each_rows_samples_under_each_block(tmp_path, monkeypatch):
@@ -25,7 +25,7 @@ def test_block_grid_refuses_a_block_of_the_wrong_size_and_renders(tmp_path):
 
 def _capture(monkeypatch):
     figs = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig) or path)
     return figs
 
 
@@ -33,7 +33,7 @@ def test_table1_bars_are_linear_from_zero_and_cut_an_outlier_with_its_value(monk
     figs = _capture(monkeypatch)
     rows = [{"row": "teacher", "seeds": 3, "fid": 1.2, "fid_std": 0.1}, {"row": "random", "seeds": 1, "fid": 56.2,
                                                                          "fid_std": 0.0}]
-    plots.ablation_bars({"init": {"rows": rows}}, tmp_path / "t.png")
+    figures.ablation_bars({"init": {"rows": rows}}, tmp_path / "t.png")
     ax = figs[0].axes[0]
     assert ax.get_xscale() == "linear" and ax.get_xlim()[0] == 0
     assert ax.get_xlim()[1] == pytest.approx(1.3 * 1.3)  # past the inlier's mean + std, not the outlier's 56.2
@@ -46,7 +46,7 @@ def test_fid_vs_nfe_ticks_are_plain_numbers(monkeypatch, tmp_path):
     figs = _capture(monkeypatch)
     rows = [{"model": "teacher", "sampler": "ddim", "steps": k, "nfe": k, "fid": f} for k, f in [(1, 4.2), (8, 0.5),
                                                                                                (50, 0.6)]]
-    plots.fid_vs_nfe(rows, 0.27, tmp_path / "f.png")
+    figures.fid_vs_nfe(rows, 0.27, tmp_path / "f.png")
     ax = figs[0].axes[0]
     figs[0].canvas.draw()
     labels = [t.get_text() for t in ax.get_xticklabels()] + [t.get_text() for t in ax.get_yticklabels()]

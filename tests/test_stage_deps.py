@@ -47,6 +47,7 @@ def test_stage_bodies_are_separate():
     assert "addlib/distillation.py" not in stage_code("teacher") + stage_code("evaluate") + stage_code("features")
     assert "addlib/pipeline/evaluate.py" not in stage_code("add") + stage_code("ablation")
     assert "addlib/teacher.py" not in stage_code("add") + stage_code("features") + stage_code("evaluate")
+    assert "addlib/figures.py" not in stage_code("teacher") + stage_code("add") + stage_code("ablation")
     for stage in STAGES:
         own = {f"addlib/pipeline/{stage}.py"}
         others = {f"addlib/pipeline/{s}.py" for s in STAGES} - own

@@ -11,6 +11,7 @@ from diffusers import UNet2DConditionModel
 
 from .. import config as C
 from .. import evaluation as E
+from .. import figures
 from .. import plots
 from ..diffusion import student_schedule
 from ..latent import load_teacher
@@ -113,9 +114,9 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
               "rows": {f"{r['model']}/{r['sampler']}/{r['steps']}": r for r in rows}, "targets": targets,
               "targets_met": sum(t["met"] for t in targets.values()), "targets_total": len(targets)}
     write_json(root / REPORTS / "metrics" / "evaluate.json", result)
-    plots.fid_vs_nfe(rows, floor, out / "fid_vs_nfe.png",
+    figures.fid_vs_nfe(rows, floor, out / "fid_vs_nfe.png",
                      f"FID vs NFE ({cfg.num_samples} samples, {sc.feat_name} features)")
-    plots.quality_vs_time(rows, out / "quality_vs_time.png", "quality against sampling time (batch 1, this machine)")
+    figures.quality_vs_time(rows, out / "quality_vs_time.png", "quality against sampling time (batch 1, this machine)")
     # Figure 4: the same prompts and noise for the teacher (its best solver at each step count) and the student.
     k = cfg.grid_per_prompt
     gp = E.prompts_of([q for q in add_cfg.sample_prompts for _ in range(k)], torch.full((len(add_cfg.sample_prompts) * k,), -1),
