@@ -106,6 +106,14 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert "Running stage" not in r.stdout
     r = _sh([str(BIN / "dvc"), "status"], repo, env)
     assert "up to date" in r.stdout
+    # `dvc metrics show` stays readable: a few flat numbers per file, no prose
+    shown = json.loads(_sh([str(BIN / "dvc"), "metrics", "show", "--json"], repo, env).stdout)
+
+    def leaves(o):
+        return [v for x in o.values() for v in leaves(x)] if isinstance(o, dict) else [o]
+    values = leaves(shown)
+    assert 5 <= len(values) <= 80 and not any(isinstance(v, str) and len(v) > 40 for v in values), values
+    assert "student_fid_1step" in json.dumps(shown)
     # A typo in params.yaml stops `dvc repro` at the check stage, before DVC removes any stage's outputs.
     params = (repo / "params.yaml").read_text()
     kept = [f for f in ["models/teacher/diffusion_pytorch_model.safetensors", "data/processed/dataset.safetensors",

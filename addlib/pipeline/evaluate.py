@@ -114,6 +114,7 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
               "rows": {f"{r['model']}/{r['sampler']}/{r['steps']}": r for r in rows}, "targets": targets,
               "targets_met": sum(t["met"] for t in targets.values()), "targets_total": len(targets)}
     write_json(root / REPORTS / "metrics" / "evaluate.json", result)
+    write_json(root / REPORTS / "metrics" / "headline.json", E.headline(rows, targets))  # `dvc metrics show`
     figures.fid_vs_nfe(rows, floor, out / "fid_vs_nfe.png",
                      f"FID vs NFE ({cfg.num_samples} samples, {sc.feat_name} features)")
     figures.quality_vs_time(rows, out / "quality_vs_time.png", "quality against sampling time (batch 1, this machine)")
