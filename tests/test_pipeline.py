@@ -106,6 +106,10 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert "Running stage" not in r.stdout
     r = _sh([str(BIN / "dvc"), "status"], repo, env)
     assert "up to date" in r.stdout
+    # `dvc plots show` draws with no network: every plot is an image, no script comes from a CDN
+    _sh([str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "dvc_plots")], repo, env)
+    page = (tmp_path / "dvc_plots" / "index.html").read_text()
+    assert "<script src=" not in page and "losses.png" in page and "loss.png" in page
     # `dvc metrics show` stays readable: a few flat numbers per file, no prose
     shown = json.loads(_sh([str(BIN / "dvc"), "metrics", "show", "--json"], repo, env).stdout)
 
