@@ -57,4 +57,4 @@ def test_the_report_page_has_a_table_of_contents_whose_links_land(tmp_path, root
     assert len(links) == 9
     for a in links:
         assert f'id="{a}"' in page, a
-    assert page.index('id="table1"') < page.index('id="refinement"')
+    assert page.index('id="sec-table1"') < page.index('id="sec-refinement"')
