@@ -94,3 +94,24 @@ def degraded_sets(x: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict[
         "down-up 2x": down_up(x, 2),
         "half the modes": drop_half_the_modes(x, labels, seed=seed),
     }
+
+
+def calibrate(scorer, ref_images: torch.Tensor, labels: torch.Tensor, captions: list[str], prompts_of, n: int,
+              seed: int = 0) -> dict[str, dict]:
+    """The calibration table: the reference split cut into the FID floor's two halves (metrics.halves); one half
+    becomes the reference, up to ``n`` images of the other are scored as they are (the floor) and degraded
+    (degraded_sets), with ``scorer`` (an evaluation.Scorer; its reference features are replaced by the first
+    half's) and prompts from those images' own captions (``prompts_of(captions, labels)``)."""
+    import dataclasses
+
+    from .metrics import extract, halves
+
+    a, b = halves(len(ref_images), seed)
+    half_scorer = dataclasses.replace(scorer, ref_feats=extract(scorer.features, ref_images[a]))
+    b = b[:n]
+    real, y = ref_images[b], labels[b]
+    prompts = prompts_of([captions[i] for i in b], y)
+    rows = {"real images (the other half)": half_scorer(real, prompts)}
+    for name, x in degraded_sets(real, y, seed).items():
+        rows[name] = half_scorer(x, prompts)
+    return rows
