@@ -115,3 +115,11 @@ def calibrate(scorer, ref_images: torch.Tensor, labels: torch.Tensor, captions: 
     for name, x in degraded_sets(real, y, seed).items():
         rows[name] = half_scorer(x, prompts)
     return rows
+
+
+def markdown(rows: dict[str, dict], metrics=("fid", "precision", "recall", "clip_score", "prompt_accuracy")) -> str:
+    """The calibration table as markdown, one row per set."""
+    lines = ["| set | " + " | ".join(m.replace("_", " ") for m in metrics) + " |",
+             "|---|" + "---|" * len(metrics)]
+    lines += [f"| {name} | " + " | ".join(f"{r[m]:.4g}" for m in metrics) + " |" for name, r in rows.items()]
+    return "\n".join(lines) + "\n"

@@ -63,3 +63,32 @@ def test_degraded_sets_keep_the_count():
     assert list(sets) == ["class means", "one image per class", "blur 0.5 px", "blur 1 px", "noise 0.1",
                           "down-up 2x", "half the modes"]
     assert all(v.shape == x.shape for v in sets.values())
+
+
+def test_calibrate_scores_each_set_against_one_half_of_the_reference():
+    """With pixels as features: the floor row (real images of the other half) scores best and every degradation
+    worse; the sets are cut from the second half; prompts are the images' own captions."""
+    from addlib import evaluation as E
+    from addlib.metrics import halves
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(4).repeat(100)
+    x = (torch.randn(4, 1, 4, 4, generator=g)[y] + 0.5 * torch.randn(400, 1, 4, 4, generator=g)).clamp(-1, 1)
+    flat = lambda im: im.flatten(1)  # noqa: E731
+    scorer = E.Scorer(flat, flat, None, flat(x), pr_k=3)
+    captions = [f"digit {int(k)}" for k in y]
+    seen = []
+
+    def prompts_of(caps, labels):
+        seen.append((caps, labels))
+        return E.Prompts(caps, torch.zeros(len(caps), 1, 1), torch.ones(len(caps), 1), torch.ones(len(caps), 16),
+                         labels)
+
+    rows = K.calibrate(scorer, x, y, captions, prompts_of, n=150, seed=3)
+    a, b = halves(400, 3)
+    assert seen[0][0] == [captions[i] for i in b[:150]] and torch.equal(seen[0][1], y[b[:150]])
+    fid = {k: r["fid"] for k, r in rows.items()}
+    floor = fid.pop("real images (the other half)")
+    assert all(v > floor for v in fid.values()), (floor, fid)
+    md = K.markdown(rows)
+    assert md.count("\n") == 2 + 8 and "| class means |" in md

@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from diffusers import UNet2DConditionModel
 
 from .. import config as C
+from .. import calibration as K
 from .. import evaluation as E
 from .. import figures
 from .. import plots
@@ -100,6 +101,10 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     # 3. Outputs: the table (csv + markdown), metrics, plots, Figure 4 (written by one process).
     if not acc.is_main_process:
         return {}
+    # The calibration (calibration.py): known degradations of real images, scored like the rows above.
+    calibration = K.calibrate(sc.scorer, sc.ref.pixels(), sc.ref.labels, sc.ref.captions,
+                              lambda caps, y: sc.prompts_of(caps, y, cache), cfg.num_samples, cfg.seed)
+    write_json(root / REPORTS / "metrics" / "calibration.json", calibration)
     tables = root / REPORTS / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     with open(tables / "comparison.csv", "w", newline="") as f:
@@ -107,6 +112,7 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
         w.writeheader()
         w.writerows(rows)
     (tables / "comparison.md").write_text(E.markdown_table(rows))
+    (tables / "calibration.md").write_text(K.markdown(calibration))
     targets = E.check_targets(rows)
     result = {"fid_features": sc.feat_name, "clip_model": "transformers CLIP" if cfg.clip else "in-domain image tower",
               "reference": cfg.reference, "reference_images": len(sc.ref), "num_samples": cfg.num_samples,
