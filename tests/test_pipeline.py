@@ -166,7 +166,6 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert md.count("\n") == len(expected) + 2
     calib = json.loads((repo / "reports/metrics/calibration.json").read_text())  # every set, every metric
     assert len(calib) == 8 and all(math.isfinite(r["fid"]) for r in calib.values())
-    assert calib["class means"]["recall"] <= calib["real images (the other half)"]["recall"]
     for f in ["reports/evaluate/fid_vs_nfe.png", "reports/evaluate/quality_vs_time.png", "reports/evaluate/figure4.png",
               "reports/executed/evaluate.ipynb", "reports/executed/evaluators.ipynb"]:
         assert (repo / f).is_file(), f
