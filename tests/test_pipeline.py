@@ -164,6 +164,8 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert set(ev["student_fid_over_seeds"]) == {f"student/add/{k}" for k in smoke["student_steps"]}
     md = (repo / "reports/tables/comparison.md").read_text()
     assert md.count("\n") == len(expected) + 2
+    assert set(ev["zero_shot_rows"]) == {f"student/add/{k}" for k in smoke["student_steps"]}  # zero-shot prompts
+    assert all(math.isfinite(r["fid"]) for r in ev["zero_shot_rows"].values())
     calib = json.loads((repo / "reports/metrics/calibration.json").read_text())  # every set, every metric
     assert len(calib) == 8 and all(math.isfinite(r["fid"]) for r in calib.values())
     for f in ["reports/evaluate/fid_vs_nfe.png", "reports/evaluate/quality_vs_time.png", "reports/evaluate/figure4.png",
@@ -224,7 +226,7 @@ def _check_ablations_and_report(repo: Path, log: str, tmp_path: Path) -> None:
 
     page = (repo / "reports/html/index.html").read_text()
     ids = set(re.findall(r'<table[^>]*\bid="([^"]+)"', page))  # nbconvert may reorder attributes
-    assert {"table2", "targets", "networks", "calibration"} | {f"table1-{name}" for name in params["tables"]} <= ids
+    assert {"table2", "targets", "networks", "calibration", "zero-shot"} | {f"table1-{name}" for name in params["tables"]} <= ids
     assert "def " not in page and "import " not in page  # rendered without code
     assert page.count("data:image/png;base64,") >= 10  # figures inside the page
     linked = re.findall(r'href="(stages/[^"]+\.html)"', page)

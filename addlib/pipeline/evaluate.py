@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from diffusers import UNet2DConditionModel
 
 from .. import config as C
+from .. import data as D
 from .. import calibration as K
 from .. import evaluation as E
 from .. import figures
@@ -97,6 +98,18 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
         t = torch.tensor(fids, dtype=torch.float64)
         seed_fids[f"student/add/{steps}"] = {"fids": fids, "mean": float(t.mean()),
                                              "std": float(t.std()) if len(fids) > 1 else 0.0}
+    # 2b. Zero-shot prompts (the embedded digits): each test prompt's digit in a caption template that no
+    # training caption uses (data.ZERO_SHOT_TEMPLATES), the student rows again on the same noise.
+    zero_shot = []
+    if p.data.source == "mnist":
+        captions = D.zero_shot_captions(test_prompts.labels, cfg.seed)
+        cache = cache.extended(captions, p.text_encoder)
+        zs_prompts = sc.prompts_of(captions, test_prompts.labels, cache)
+        for steps in sorted(cfg.student_steps):
+            images, _ = E.generate(student_gen(steps), zs_prompts, test_noise, cfg.batch_size, seed=cfg.seed,
+                                   accelerator=acc)
+            zero_shot.append({"model": "student", "sampler": "add", "steps": steps, "prompts": "zero-shot",
+                              **sc.scorer(images, zs_prompts)})
 
     # 3. Outputs: the table (csv + markdown), metrics, plots, Figure 4 (written by one process).
     if not acc.is_main_process:
@@ -117,6 +130,7 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     result = {"fid_features": sc.feat_name, "clip_model": "transformers CLIP" if cfg.clip else "in-domain image tower",
               "reference": cfg.reference, "reference_images": len(sc.ref), "num_samples": cfg.num_samples,
               "fid_floor_split_halves": floor, "student_fid_over_seeds": seed_fids, "teacher_guidance": guidance,
+              "zero_shot_rows": {f"student/add/{r['steps']}": r for r in zero_shot},
               "rows": {f"{r['model']}/{r['sampler']}/{r['steps']}": r for r in rows}, "targets": targets,
               "targets_met": sum(t["met"] for t in targets.values()), "targets_total": len(targets)}
     write_json(root / REPORTS / "metrics" / "evaluate.json", result)
