@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: repro test setup lab clean-checkpoints browser
+.PHONY: repro test setup lab quickstart clean-checkpoints browser
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,13 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq --no-install-recommends chromium; }
 
+# The whole pipeline at tiny training budgets in a sandbox (.quickstart/), leaving params.yaml and the results as they are.
+quickstart: $(VENV)/.installed
+	$(BIN)/python -m addlib.quickstart
+
+# JupyterLab on the project's kernel; as root (containers) it needs --allow-root.
 lab: $(VENV)/.installed
-	$(BIN)/jupyter lab
+	$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 clean-checkpoints:
 	rm -rf checkpoints

@@ -44,6 +44,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _convert(value, inner[0], where)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/off (yes/on) as a boolean, and DVC's
+            # `dvc exp run -S` rewrites params.yaml without the quotes: take the one choice spelled that way
+            words = ("yes", "on", "true", "y") if value else ("no", "off", "false", "n")
+            spelled = [a for a in args if isinstance(a, str) and a.lower() in words]
+            value = spelled[0] if len(spelled) == 1 else value
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value

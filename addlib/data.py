@@ -37,9 +37,26 @@ CAPTION_TEMPLATES = [
 ]
 
 
-def digit_captions(label: int) -> list[str]:
+# Paraphrases no training caption uses: the evaluation's zero-shot prompts (as the paper evaluates on prompts it
+# never trained on).
+ZERO_SHOT_TEMPLATES = [
+    "a picture of the numeral {digit}",
+    "{word}, written by hand",
+    "a scanned image of a {word}",
+    "the symbol for {word}",
+]
+
+
+def digit_captions(label: int, templates: list[str] = CAPTION_TEMPLATES) -> list[str]:
     """Every caption template filled in for one digit class."""
-    return [t.format(word=DIGIT_WORDS[label], digit=label) for t in CAPTION_TEMPLATES]
+    return [t.format(word=DIGIT_WORDS[label], digit=label) for t in templates]
+
+
+def zero_shot_captions(labels: torch.Tensor, seed: int = 0) -> list[str]:
+    """One zero-shot prompt per label (a template drawn with ``seed``); labels must be digits 0-9."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randint(len(ZERO_SHOT_TEMPLATES), (len(labels),), generator=g)
+    return [digit_captions(int(k), ZERO_SHOT_TEMPLATES)[int(j)] for k, j in zip(labels, pick)]
 
 
 @dataclasses.dataclass

@@ -208,6 +208,25 @@ def check_targets(rows: list[dict]) -> dict:
     return out
 
 
+def headline(rows: list[dict], targets: dict) -> dict[str, float]:
+    """The few numbers `dvc metrics show` and `dvc exp show` display: each student row's FID, the teacher's best
+    FID at each step count, the speed-ups and how many targets are met (flat, numbers only)."""
+    out: dict[str, float] = {}
+    for r in rows:
+        if r["model"] == "student":
+            out[f"student_fid_{r['steps']}step"] = round(r["fid"], 4)
+    for steps in sorted({r["steps"] for r in rows if r["model"] == "teacher"}):
+        out[f"teacher_best_fid_{steps}step"] = round(min(r["fid"] for r in rows
+                                                         if r["model"] == "teacher" and r["steps"] == steps), 4)
+    for key, name in (("speedup_batch1_at_least_25x", "speedup_batch1"),
+                      ("speedup_large_batch_at_least_40x", "speedup_large_batch")):
+        if key in targets:
+            out[name] = round(targets[key]["value"], 2)
+    out["targets_met"] = sum(t["met"] for t in targets.values())
+    out["targets_total"] = len(targets)
+    return out
+
+
 def markdown_table(rows: list[dict]) -> str:
     def fmt(v):
         if isinstance(v, float):

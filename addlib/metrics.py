@@ -76,9 +76,13 @@ def clip_score(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
     return float((100 * cos.clamp_min(0)).mean())
 
 
+def halves(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint random halves of range(n) (the FID floor's, and the calibration's, split of a real set)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[:n // 2], perm[n // 2:2 * (n // 2)]
+
+
 def split_halves_fid(feats: torch.Tensor, seed: int = 0) -> float:
     """The FID noise floor: FID between two disjoint random halves of one real set."""
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(feats), generator=g)
-    half = len(feats) // 2
-    return fid_from_features(feats[perm[:half]], feats[perm[half:2 * half]])
+    a, b = halves(len(feats), seed)
+    return fid_from_features(feats[a], feats[b])

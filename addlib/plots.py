@@ -1,4 +1,6 @@
-"""Figures: image grids with their prompts, training curves, Table 2's plots and Table 1's bars."""
+"""Figure primitives every stage uses: image grids with their prompts, training curves, embeddings, notes.
+The paper's result figures (Table 2's plots, Table 1's bars) are figures.py, so changing them reruns only the
+stages that draw them."""
 from __future__ import annotations
 
 import textwrap
@@ -122,79 +124,6 @@ def note_figure(path: str | Path, text: str) -> Path:
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-def _method_lines(rows: list[dict]) -> dict[str, list[dict]]:
-    lines: dict[str, list[dict]] = {}
-    for r in rows:
-        lines.setdefault(f"{r['model']} {r['sampler']}", []).append(r)
-    return lines
-
-
-def fid_vs_nfe(rows: list[dict], floor: float, path: str | Path, title: str = "") -> Path:
-    """FID against network evaluations per image, one line per method, the real-vs-real floor dashed."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, rs in _method_lines(rows).items():
-        rs = sorted(rs, key=lambda r: r["nfe"])
-        ax.plot([r["nfe"] for r in rs], [r["fid"] for r in rs], "o-", lw=1.2, ms=4, label=name)
-        for r in rs:
-            ax.annotate(str(r["steps"]), (r["nfe"], r["fid"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.axhline(floor, ls="--", c="gray", lw=1, label=f"real vs real floor ({floor:.2f})")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("network evaluations per image (NFE; labels: steps)")
-    ax.set_ylabel("FID (in-domain features)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def quality_vs_time(rows: list[dict], path: str | Path, title: str = "") -> Path:
-    """Figure 7's layout: FID and CLIP score against seconds per image at batch 1."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, ax in zip(("fid", "clip_score"), axes):
-        for name, rs in _method_lines(rows).items():
-            rs = sorted(rs, key=lambda r: r["seconds_per_image"])
-            ax.plot([r["seconds_per_image"] for r in rs], [r[key] for r in rs], "o-", lw=1.2, ms=4, label=name)
-            for r in rs:
-                ax.annotate(str(r["steps"]), (r["seconds_per_image"], r[key]), fontsize=6, xytext=(3, 3),
-                            textcoords="offset points")
-        ax.set_xscale("log")
-        if key == "fid":
-            ax.set_yscale("log")
-        ax.set_xlabel("seconds per image, batch 1 (labels: steps)")
-        ax.set_ylabel({"fid": "FID (lower is better)", "clip_score": "CLIP score (higher is better)"}[key])
-        ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
-
-
-def ablation_bars(table1: dict, path: str | Path, title: str = "") -> Path:
-    """Table 1 as a figure: per sub-table, each row's 1-step FID (mean over seeds, std as whiskers; log axis,
-    since a collapsed row can be 100x worse than the rest)."""
-    n = len(table1)
-    cols = min(n, 4)
-    nrows = -(-n // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 0.5 + 2.1 * nrows), squeeze=False)
-    for ax, (name, t) in zip(axes.flat, table1.items()):
-        rows = [r for r in t["rows"] if "fid" in r]
-        ys = range(len(rows))
-        ax.barh(list(ys), [r["fid"] for r in rows], xerr=[r["fid_std"] for r in rows], color="tab:blue",
-                alpha=0.75, error_kw=dict(lw=1, capsize=2))
-        ax.set_yticks(list(ys), [f"{r['row']} (n={r['seeds']})" for r in rows], fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xscale("log")
-        ax.set_title(name, fontsize=9)
-        ax.grid(alpha=0.3, axis="x", which="both")
-        ax.tick_params(axis="x", labelsize=7)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.supxlabel("1-step FID (lower is better)", fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
 
 
 def _save(fig, path: str | Path) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -48,7 +49,15 @@ def restrict(p: C.Params, sections: list[str]) -> C.Params:
 
 def stage_params(stage: str, params_file: str | Path = "params.yaml", root: Path = Path(".")) -> C.Params:
     """What a stage body gets: params.yaml parsed and validated, restricted to the stage's declared sections.
-    The one call a stage notebook makes with the path papermill gives it."""
+    The one call a stage notebook makes with the path papermill gives it. Opened in JupyterLab, a notebook runs
+    in notebooks/: then the working directory moves to the project root (the folder holding dvc.yaml), where
+    the stage bodies and the notebook's own cells read and write."""
+    if not (root / "dvc.yaml").is_file():
+        found = next((d for d in Path.cwd().resolve().parents if (d / "dvc.yaml").is_file()), None)
+        if found is None:
+            raise C.ConfigError(f"no dvc.yaml in {Path.cwd()} or above it: run from the project")
+        os.chdir(found)
+        print(f"working in the project root, {found}")
     return restrict(C.load(root / params_file), stage_sections(stage, root))
 
 

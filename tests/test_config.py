@@ -123,3 +123,17 @@ def test_cli_check_exits_2_with_one_line(tmp_path, root):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0
     assert "data.resolutoin: unknown key (did you mean 'resolution'?)" in r.stderr
+
+
+def test_values_survive_dvcs_unquoted_rewrite(root):
+    """`dvc exp run -S` rewrites params.yaml and drops the quotes of `mixed_precision: "no"`; YAML 1.1 then reads
+    a boolean. The choice spelled that way is taken back (and a boolean where no choice is spelled so is refused)."""
+    text = (root / "params.yaml").read_text()
+    assert 'mixed_precision: "no"' in text
+    raw = yaml.safe_load(text.replace('mixed_precision: "no"', "mixed_precision: no"))
+    assert raw["teacher"]["train"]["mixed_precision"] is False
+    p = config.parse(raw)
+    assert p.teacher.train.mixed_precision == "no" and p.add.train.mixed_precision == "no"
+    raw["teacher"]["sample"]["sampler"] = False
+    with pytest.raises(config.ConfigError, match=r"teacher\.sample\.sampler: False is not one of"):
+        config.parse(raw)

@@ -129,3 +129,13 @@ def test_bad_metadata_lines_are_one_line_errors_naming_file_and_line(tmp_path, l
         with pytest.raises(config.ConfigError, match=match) as e:
             check()
         assert "\n" not in str(e.value)
+
+
+def test_zero_shot_prompts_name_the_digit_and_no_training_caption_uses_them():
+    train = {c for k in range(10) for c in D.digit_captions(k)}
+    labels = torch.arange(10).repeat(5)
+    zs = D.zero_shot_captions(labels, seed=1)
+    assert len(zs) == 50 and not set(zs) & train
+    assert all(D.DIGIT_WORDS[int(k)] in c or str(int(k)) in c for k, c in zip(labels, zs))
+    assert len({c for c in zs}) > 10  # several templates drawn
+    assert zs == D.zero_shot_captions(labels, seed=1)

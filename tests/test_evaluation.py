@@ -127,3 +127,15 @@ def test_markdown_table_has_every_column_in_order():
     header = md.splitlines()[0]
     assert [c.strip() for c in header.strip("|").split("|")] == E.COLUMNS
     assert "n/a" in md.splitlines()[3] and len(md.splitlines()) == 4
+
+
+def test_headline_metrics_are_few_flat_numbers():
+    rows = [{"model": "teacher", "sampler": s, "steps": k, "fid": f} for s, k, f in
+            [("ddim", 4, 1.4), ("dpmsolver++", 4, 1.1), ("ddim", 8, 0.5)]] + \
+           [{"model": "student", "sampler": "add", "steps": k, "fid": f} for k, f in [(1, 0.68), (4, 0.61)]]
+    targets = {"speedup_batch1_at_least_25x": {"value": 87.366, "bar": 25.0, "met": True},
+               "student4_fid_at_most_student1": {"value": 0.61, "bar": 0.68, "met": True},
+               "student1_fid_below_teacher8_best (stretch)": {"value": 0.68, "bar": 0.5, "met": False}}
+    h = E.headline(rows, targets)
+    assert h == {"student_fid_1step": 0.68, "student_fid_4step": 0.61, "teacher_best_fid_4step": 1.1,
+                 "teacher_best_fid_8step": 0.5, "speedup_batch1": 87.37, "targets_met": 2, "targets_total": 3}

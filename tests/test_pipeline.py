@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,24 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert "Running stage" not in r.stdout
     r = _sh([str(BIN / "dvc"), "status"], repo, env)
     assert "up to date" in r.stdout
+    # `dvc plots show` draws with no network: every plot is an image, no script comes from a CDN
+    _sh([str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "dvc_plots")], repo, env)
+    page = (tmp_path / "dvc_plots" / "index.html").read_text()
+    assert "<script src=" not in page and "losses.png" in page and "loss.png" in page
+    # `dvc metrics show` stays readable: a few flat numbers per file, no prose
+    shown = json.loads(_sh([str(BIN / "dvc"), "metrics", "show", "--json"], repo, env).stdout)
+
+    def leaves(o):
+        return [v for x in o.values() for v in leaves(x)] if isinstance(o, dict) else [o]
+    values = leaves(shown)
+    assert 5 <= len(values) <= 80 and not any(isinstance(v, str) and len(v) > 40 for v in values), values
+    assert "student_fid_1step" in json.dumps(shown)
+    # `dvc exp run -S` rewrites params.yaml (and unquotes `mixed_precision: "no"`): the params still load, and
+    # a change to one ablation run's entry reruns that run and the report (after the check), nothing else
+    r = _sh([str(BIN / "dvc"), "exp", "run", "-S", "ablations.runs.l1.seeds=[0,1]"], repo, env)
+    ran = set(re.findall(r"Running stage '([^']+)'", r.stdout))
+    assert ran == {"check", "ablation@l1", "report"}, ran  # check: params.yaml changed, its stamp did not
+    assert json.loads((repo / "reports/ablations/runs/l1/metrics.json").read_text())["seeds"].keys() == {"0", "1"}
     # A typo in params.yaml stops `dvc repro` at the check stage, before DVC removes any stage's outputs.
     params = (repo / "params.yaml").read_text()
     kept = [f for f in ["models/teacher/diffusion_pytorch_model.safetensors", "data/processed/dataset.safetensors",
@@ -145,6 +164,10 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert set(ev["student_fid_over_seeds"]) == {f"student/add/{k}" for k in smoke["student_steps"]}
     md = (repo / "reports/tables/comparison.md").read_text()
     assert md.count("\n") == len(expected) + 2
+    assert set(ev["zero_shot_rows"]) == {f"student/add/{k}" for k in smoke["student_steps"]}  # zero-shot prompts
+    assert all(math.isfinite(r["fid"]) for r in ev["zero_shot_rows"].values())
+    calib = json.loads((repo / "reports/metrics/calibration.json").read_text())  # every set, every metric
+    assert len(calib) == 8 and all(math.isfinite(r["fid"]) for r in calib.values())
     for f in ["reports/evaluate/fid_vs_nfe.png", "reports/evaluate/quality_vs_time.png", "reports/evaluate/figure4.png",
               "reports/executed/evaluate.ipynb", "reports/executed/evaluators.ipynb"]:
         assert (repo / f).is_file(), f
@@ -203,7 +226,7 @@ def _check_ablations_and_report(repo: Path, log: str, tmp_path: Path) -> None:
 
     page = (repo / "reports/html/index.html").read_text()
     ids = set(re.findall(r'<table[^>]*\bid="([^"]+)"', page))  # nbconvert may reorder attributes
-    assert {"table2", "targets", "networks"} | {f"table1-{name}" for name in params["tables"]} <= ids
+    assert {"table2", "targets", "networks", "calibration", "zero-shot"} | {f"table1-{name}" for name in params["tables"]} <= ids
     assert "def " not in page and "import " not in page  # rendered without code
     assert page.count("data:image/png;base64,") >= 10  # figures inside the page
     linked = re.findall(r'href="(stages/[^"]+\.html)"', page)

@@ -42,3 +42,19 @@ def test_chromium_draws_the_page(tmp_path):
     colours = im.getcolors(maxcolors=1 << 20)
     assert len(colours) > 10  # text and the red figure, not a blank page
     assert any(r > 150 and g < 80 and b < 80 for _, (r, g, b) in colours)  # the embedded image is drawn
+
+
+def test_the_report_page_has_a_table_of_contents_whose_links_land(tmp_path, root):
+    """Every link of the contents line points at an anchor that survives the rendering; Table 1 comes before
+    the diagnostics."""
+    import re
+
+    nb = nbformat.read(str(root / "notebooks" / "report.ipynb"), as_version=4)
+    nb.cells = [c for c in nb.cells if c.cell_type == "markdown"]  # the page's text, without running it
+    nbformat.write(nb, str(tmp_path / "r.ipynb"))
+    page = R.notebook_to_html(tmp_path / "r.ipynb", tmp_path / "r.html").read_text()
+    links = re.findall(r'href="#([^"]+)"', page.split("Contents:")[1].split("</p>")[0])
+    assert len(links) == 10
+    for a in links:
+        assert f'id="{a}"' in page, a
+    assert page.index('id="sec-table1"') < page.index('id="sec-refinement"')

@@ -5,6 +5,8 @@ import ast
 import dataclasses
 import json
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -45,6 +47,7 @@ def test_stage_bodies_are_separate():
     assert "addlib/distillation.py" not in stage_code("teacher") + stage_code("evaluate") + stage_code("features")
     assert "addlib/pipeline/evaluate.py" not in stage_code("add") + stage_code("ablation")
     assert "addlib/teacher.py" not in stage_code("add") + stage_code("features") + stage_code("evaluate")
+    assert "addlib/figures.py" not in stage_code("teacher") + stage_code("add") + stage_code("ablation")
     for stage in STAGES:
         own = {f"addlib/pipeline/{stage}.py"}
         others = {f"addlib/pipeline/{s}.py" for s in STAGES} - own
@@ -92,3 +95,18 @@ def test_notebooks_take_the_params_file_only_and_make_one_call():
         code = "\n".join("".join(c["source"]) for c in cells)
         assert code.count("stages.stage_params(") == 1 and f'stage_params("{stage}", params_file)' in code, stage
         assert "from_dict" not in code and "config.parse" not in code, stage
+
+
+def test_a_notebook_opened_in_jupyterlab_finds_the_project(tmp_path, root, monkeypatch):
+    """JupyterLab runs a notebook in its own folder (notebooks/); stage_params moves to the project root."""
+    import shutil
+
+    for f in ("params.yaml", "dvc.yaml"):
+        shutil.copy(root / f, tmp_path / f)
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    p = S.stage_params("teacher", "params.yaml")
+    assert Path.cwd() == tmp_path.resolve() and p.teacher is not None and p.add is None
+    monkeypatch.chdir(tmp_path.parent)
+    with pytest.raises(C.ConfigError, match="no dvc.yaml in"):
+        S.stage_params("teacher", "params.yaml")

@@ -10,7 +10,10 @@ from accelerate import Accelerator
 from diffusers import UNet2DConditionModel
 
 from .. import config as C
+from .. import data as D
+from .. import calibration as K
 from .. import evaluation as E
+from .. import figures
 from .. import plots
 from ..diffusion import student_schedule
 from ..latent import load_teacher
@@ -95,10 +98,26 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
         t = torch.tensor(fids, dtype=torch.float64)
         seed_fids[f"student/add/{steps}"] = {"fids": fids, "mean": float(t.mean()),
                                              "std": float(t.std()) if len(fids) > 1 else 0.0}
+    # 2b. Zero-shot prompts (the embedded digits): each test prompt's digit in a caption template that no
+    # training caption uses (data.ZERO_SHOT_TEMPLATES), the student rows again on the same noise.
+    zero_shot = []
+    if p.data.source == "mnist":
+        captions = D.zero_shot_captions(test_prompts.labels, cfg.seed)
+        cache = cache.extended(captions, p.text_encoder)
+        zs_prompts = sc.prompts_of(captions, test_prompts.labels, cache)
+        for steps in sorted(cfg.student_steps):
+            images, _ = E.generate(student_gen(steps), zs_prompts, test_noise, cfg.batch_size, seed=cfg.seed,
+                                   accelerator=acc)
+            zero_shot.append({"model": "student", "sampler": "add", "steps": steps, "prompts": "zero-shot",
+                              **sc.scorer(images, zs_prompts)})
 
     # 3. Outputs: the table (csv + markdown), metrics, plots, Figure 4 (written by one process).
     if not acc.is_main_process:
         return {}
+    # The calibration (calibration.py): known degradations of real images, scored like the rows above.
+    calibration = K.calibrate(sc.scorer, sc.ref.pixels(), sc.ref.labels, sc.ref.captions,
+                              lambda caps, y: sc.prompts_of(caps, y, cache), cfg.num_samples, cfg.seed)
+    write_json(root / REPORTS / "metrics" / "calibration.json", calibration)
     tables = root / REPORTS / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     with open(tables / "comparison.csv", "w", newline="") as f:
@@ -106,16 +125,19 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
         w.writeheader()
         w.writerows(rows)
     (tables / "comparison.md").write_text(E.markdown_table(rows))
+    (tables / "calibration.md").write_text(K.markdown(calibration))
     targets = E.check_targets(rows)
     result = {"fid_features": sc.feat_name, "clip_model": "transformers CLIP" if cfg.clip else "in-domain image tower",
               "reference": cfg.reference, "reference_images": len(sc.ref), "num_samples": cfg.num_samples,
               "fid_floor_split_halves": floor, "student_fid_over_seeds": seed_fids, "teacher_guidance": guidance,
+              "zero_shot_rows": {f"student/add/{r['steps']}": r for r in zero_shot},
               "rows": {f"{r['model']}/{r['sampler']}/{r['steps']}": r for r in rows}, "targets": targets,
               "targets_met": sum(t["met"] for t in targets.values()), "targets_total": len(targets)}
     write_json(root / REPORTS / "metrics" / "evaluate.json", result)
-    plots.fid_vs_nfe(rows, floor, out / "fid_vs_nfe.png",
+    write_json(root / REPORTS / "metrics" / "headline.json", E.headline(rows, targets))  # `dvc metrics show`
+    figures.fid_vs_nfe(rows, floor, out / "fid_vs_nfe.png",
                      f"FID vs NFE ({cfg.num_samples} samples, {sc.feat_name} features)")
-    plots.quality_vs_time(rows, out / "quality_vs_time.png", "quality against sampling time (batch 1, this machine)")
+    figures.quality_vs_time(rows, out / "quality_vs_time.png", "quality against sampling time (batch 1, this machine)")
     # Figure 4: the same prompts and noise for the teacher (its best solver at each step count) and the student.
     k = cfg.grid_per_prompt
     gp = E.prompts_of([q for q in add_cfg.sample_prompts for _ in range(k)], torch.full((len(add_cfg.sample_prompts) * k,), -1),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import ablations as A
 from .. import config as C
-from .. import plots
+from .. import figures
 from ..paths import REPORTS, executed_notebook, write_json
 from ..report import render_site
 
@@ -28,7 +28,7 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     tables = root / REPORTS / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     (tables / "table1.md").write_text(A.markdown(table1))
-    plots.ablation_bars(table1, root / REPORTS / "ablations" / "table1.png",
+    figures.ablation_bars(table1, root / REPORTS / "ablations" / "table1.png",
                         f"Table 1 at this scale: 1-step FID per ablation row ({cfg.steps} steps, "
                         f"batch {cfg.batch_size}; bars: mean, whiskers: std over seeds)")
     return table1
