@@ -49,6 +49,15 @@ M = [
  ("a save deletes another run's checkpoints", [("addlib/training.py", "        for old in self.run_dir.glob(\"checkpoint-*\"):", "        for old in self.folder.glob(\"*/checkpoint-*\"):")], "tests/test_training.py"),
  ("diverged weights checkpointed", [("addlib/training.py", "        if not all(self.sane(w.values()) for w in weights.values()):\n            return None\n", "")], "tests/test_training.py"),
  ("c_img of pure-noise fakes from the real x0", [("addlib/objective.py", '        if not (dc.c_img and dc.c_img_pure_noise == "teacher_ode" and pure.any()):', "        if True:")], T_CORE),
+ ("Elo: the loser loses nothing", [("addlib/preference.py", "r[a], r[b] = r[a] + k * (s - e_a), r[b] - k * (s - e_a)", "r[a], r[b] = r[a] + k * (s - e_a), r[b]")], "tests/test_preference.py"),
+ ("Elo: expected score from the wrong side", [("addlib/preference.py", "10.0 ** ((r[b] - r[a]) / 400.0)", "10.0 ** ((r[a] - r[b]) / 400.0)")], "tests/test_preference.py"),
+ ("Elo bootstrap replays the given order", [("addlib/preference.py", "        rng.shuffle(order)\n", "")], "tests/test_preference.py"),
+ ("Wilson without the z^2/4n^2 term", [("addlib/preference.py", " + z * z / (4 * n * n)", "")], "tests/test_preference.py"),
+ ("a tie counted as a loss for the right side", [("addlib/preference.py", "opp, score = (b, s) if a == model else (a, 1.0 - s)", "opp, score = (b, s) if a == model else (a, float(s == 0.0))")], "tests/test_preference.py"),
+ ("blindness: a always on the left", [("addlib/preference.py", "        rng.shuffle(a_left)\n", "        a_left = [True] * len(cells)\n")], "tests/test_preference.py"),
+ ("vote for a foreign pair accepted", [("addlib/preference.py", '    if d["pair"] not in pairs:', "    if False:")], "tests/test_preference.py"),
+ ("vote file rewritten instead of appended", [("addlib/preference.py", 'with open(path, "a", encoding="utf-8")', 'with open(path, "w", encoding="utf-8")')], "tests/test_preference.py"),
+ ("automatic vote ignores the tie band", [("addlib/preference.py", '"left" if d > tie else "right" if d < -tie else "tie"', '"left" if d > 0 else "right"')], "tests/test_preference.py"),
 ]
 only = sys.argv[1:]
 for name, edits, tests in M:
