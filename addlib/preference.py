@@ -99,10 +99,9 @@ def elo(games: list[tuple[str, str, float]], k: float = 1.0, start: float = 1000
     return dict(r)
 
 
-def elo_bootstrap(games: list[tuple[str, str, float]], rounds: int = 1000, k: float = 1.0, start: float = 1000.0,
-                  seed: int = 0) -> dict[str, dict[str, float]]:
-    """The paper's Elo: the games replayed in ``rounds`` random orders; per model the mean rating and the
-    2.5% and 97.5% quantiles over orders."""
+def elo_samples(games: list[tuple[str, str, float]], rounds: int = 1000, k: float = 1.0, start: float = 1000.0,
+                seed: int = 0) -> dict[str, list[float]]:
+    """Each model's Elo after the games replayed in each of ``rounds`` random orders (one list per model)."""
     rng = random.Random(seed)
     per_model: dict[str, list[float]] = defaultdict(list)
     order = list(games)
@@ -110,8 +109,20 @@ def elo_bootstrap(games: list[tuple[str, str, float]], rounds: int = 1000, k: fl
         rng.shuffle(order)
         for m, v in elo(order, k, start).items():
             per_model[m].append(v)
+    return dict(per_model)
+
+
+def summary(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Per model: the mean over orders and the 2.5% and 97.5% quantiles."""
     return {m: {"mean": sum(v) / len(v), "low": _quantile(v, 0.025), "high": _quantile(v, 0.975)}
-            for m, v in sorted(per_model.items())}
+            for m, v in sorted(samples.items())}
+
+
+def elo_bootstrap(games: list[tuple[str, str, float]], rounds: int = 1000, k: float = 1.0, start: float = 1000.0,
+                  seed: int = 0) -> dict[str, dict[str, float]]:
+    """The paper's Elo: the games replayed in ``rounds`` random orders; per model the mean rating and the
+    2.5% and 97.5% quantiles over orders."""
+    return summary(elo_samples(games, rounds, k, start, seed))
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -214,3 +225,32 @@ def _check(d, pairs: dict[str, Pair], where: str) -> None:
         raise VoteError(f"{where}: choice {d['choice']!r} is not one of {CHOICES}")
     if not d["rater"].strip():
         raise VoteError(f"{where}: the rater id is empty")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The study's results from one source of votes
+
+
+def study_results(pairs: list[Pair], votes: list[Vote], comparisons: list[tuple[str, str]], rounds: int,
+                  seed: int) -> dict:
+    """Per question: the number of games, the first model's win rate against the second for every comparison
+    (Wilson 95%), and Elo over all games (mean and interval over ``rounds`` orders); with both questions, the
+    paper's single score, the two Elo ratings averaged (order by order)."""
+    out: dict = {"votes": len(votes), "questions": {}}
+    samples = {}
+    for q in QUESTIONS:
+        games = to_games(pairs, votes, q)
+        if not games:
+            continue
+        win = {}
+        for a, b in comparisons:
+            rates = win_rates([g for g in games if {g[0], g[1]} == {a, b}], a)
+            if b in rates:
+                win[f"{a} vs {b}"] = rates[b]
+        samples[q] = elo_samples(games, rounds, seed=seed)
+        out["questions"][q] = {"games": len(games), "win": win, "elo": summary(samples[q])}
+    if len(samples) == len(QUESTIONS):
+        models = set.intersection(*(set(s) for s in samples.values()))
+        out["elo_average"] = summary({m: [sum(v) / len(QUESTIONS) for v in zip(*(samples[q][m] for q in QUESTIONS))]
+                                      for m in models})
+    return out

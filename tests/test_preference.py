@@ -123,3 +123,51 @@ def test_vote_file_appends_and_names_bad_lines(tmp_path):
         with pytest.raises(P.VoteError, match=match):
             P.read_votes(path, pairs)
         path.write_text(good)
+
+
+def test_the_voting_widget_records_blinded_votes_without_a_browser(tmp_path):
+    import torch
+
+    from addlib.voting import Study, VotingWidget, png_bytes
+
+    pairs = P.schedule([("x", "y")], n_prompts=2, n_seeds=2, seed=3)
+    g = torch.Generator().manual_seed(0)
+    study = Study({m: torch.randint(0, 256, (4, 1, 8, 8), generator=g, dtype=torch.uint8) for m in "xy"},
+                  ["one", "one", "seven", "seven"], 2, pairs)
+    path = tmp_path / "votes.jsonl"
+    w = VotingWidget(study, path, rater="ana")
+    first = w.current
+    assert w.left.value == png_bytes(study.image(first.left, first))  # the left image is the left model's
+    assert w.right.value == png_bytes(study.image(first.right, first))
+    assert study.caption(first) in w.prompt.value
+    w.buttons["prompt"]["left"].click()
+    assert not path.exists()  # nothing is written until both questions are answered
+    w.buttons["quality"]["tie"].click()
+    votes = P.read_votes(path, {q.id: q for q in pairs})
+    assert [(v.rater, v.pair, v.question, v.choice) for v in votes] == [("ana", first.id, "prompt", "left"),
+                                                                         ("ana", first.id, "quality", "tie")]
+    assert w.current == pairs[1] and "1 of 4" in w.status.value
+    assert VotingWidget(study, path, rater="ana").current == pairs[1]  # a resumed session skips judged pairs
+    assert VotingWidget(study, path, rater="bo").current == pairs[0]   # another rater starts from the first
+    with pytest.raises(ValueError, match="rater id"):
+        VotingWidget(study, path, rater=" ")
+
+
+def test_study_results_per_question_and_the_averaged_elo():
+    comps = [("a", "b"), ("a", "c")]
+    pairs = P.schedule(comps, n_prompts=3, n_seeds=1, seed=0)
+    votes = []
+    for q in pairs:  # prompt: a always wins; quality: a wins against b only, ties with c
+        first = "left" if q.left == "a" else "right"
+        votes.append(P.Vote("r", q.id, "prompt", first, ""))
+        votes.append(P.Vote("r", q.id, "quality", first if "b" in (q.left, q.right) else "tie", ""))
+    res = P.study_results(pairs, votes, comps, rounds=200, seed=0)
+    assert res["votes"] == 12 and res["questions"]["prompt"]["games"] == 6
+    assert res["questions"]["prompt"]["win"]["a vs b"]["win_rate"] == 1.0
+    assert res["questions"]["quality"]["win"]["a vs c"]["win_rate"] == 0.5
+    assert res["questions"]["quality"]["win"]["a vs c"]["ties"] == 3
+    e_p, e_q = (P.elo_samples(P.to_games(pairs, votes, q), 200, seed=0) for q in ("prompt", "quality"))
+    avg = P.summary({m: [(x + y) / 2 for x, y in zip(e_p[m], e_q[m])] for m in "abc"})
+    assert res["elo_average"] == avg
+    assert res["elo_average"]["a"]["mean"] > 1000 > res["elo_average"]["b"]["mean"]
+    assert P.study_results(pairs, [], comps, 10, 0) == {"votes": 0, "questions": {}}
