@@ -1,5 +1,5 @@
-"""End to end: `dvc repro` of the smoke profile in a temporary copy of the repository runs every stage
-through papermill (the ablation runs generated from params.yaml and the report included) and writes the
+"""End to end: `dvc repro` of the smoke profile in the quick start's sandbox (a temporary copy of the repository)
+runs every stage through papermill (the ablation runs generated from the profile's catalogue and the report included) and writes the
 expected files and metrics; the report page holds every table and draws in headless Chromium; a second
 `dvc repro` has nothing to do."""
 import csv
@@ -7,7 +7,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from addlib.quickstart import make_sandbox
+
 BIN = Path(sys.executable).parent
-
-
-def _copy_repo(root: Path, dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root,
-                           capture_output=True, text=True, check=True).stdout.splitlines()
-    for f in files:
-        src = root / f
-        if src.is_file() and not f.startswith(("reports/", "models/", "data/processed")):
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / f)
-    return dest
 
 
 def _sh(cmd, cwd, env):
@@ -37,14 +27,9 @@ def _sh(cmd, cwd, env):
 
 @pytest.mark.slow
 def test_dvc_repro_smoke_profile(tmp_path, root):
-    repo = _copy_repo(root, tmp_path / "repo")
+    # the quick start's sandbox (a copy without results, the profile applied, its own git repository)
+    repo = make_sandbox(root, tmp_path / "repo", root / "profiles" / "smoke.yaml")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    _sh([sys.executable, "-m", "addlib.config", "merge", "params.yaml", "profiles/smoke.yaml", "-o", "params.yaml"],
-        repo, env)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    _sh(["git", "init", "-q"], repo, env)
-    _sh(git + ["add", "-A"], repo, env)
-    _sh(git + ["commit", "-qm", "smoke"], repo, env)
 
     r = _sh([str(BIN / "dvc"), "repro"], repo, env)
     for stage in ["check", "prepare", "teacher", "features", "add", "evaluators", "evaluate", "diagnose"]:
@@ -201,6 +186,8 @@ def _check_ablations_and_report(repo: Path, log: str, tmp_path: Path) -> None:
 
     params = yaml.safe_load((repo / "params.yaml").read_text())["ablations"]
     assert params["steps"] == 2 and params["eval_samples"] == 16  # the smoke budget
+    assert params["runs"] == yaml.safe_load((Path(__file__).parents[1] / "profiles/smoke.yaml").read_text())[
+        "ablations"]["runs"]  # the profile's runs replaced the default's
     for run, spec in params["runs"].items():
         assert f"Running stage 'ablation@{run}'" in log, run
         m = json.loads((repo / f"reports/ablations/runs/{run}/metrics.json").read_text())
@@ -220,7 +207,8 @@ def _check_ablations_and_report(repo: Path, log: str, tmp_path: Path) -> None:
     assert set(table1) == set(params["tables"])
     for name, t in table1.items():
         assert [r["row"] for r in t["rows"]] == list(params["tables"][name]) and t["sentence"]
-    assert [r["seeds"] for r in table1["distance"]["rows"]] == [3, 3, 3, 3]
+    assert [r["seeds"] for r in table1["distance"]["rows"]] == [len(params["runs"][run]["seeds"]) for run in
+                                                                params["tables"]["distance"].values()]
     md = (repo / "reports/tables/table1.md").read_text()
     assert md.count("### ") == len(params["tables"])
     assert (repo / "reports/ablations/table1.png").is_file()
