@@ -17,7 +17,6 @@ from . import config as C
 from . import grids
 
 from .data import Dataset, to_float
-from .diffusion import NoiseSchedule
 from .discriminator import Discriminator, FeatureNetwork
 from .models import EMA
 from .pretrain import load_backbone

@@ -24,7 +24,7 @@ import torch
 
 from . import metrics as M
 from .diffusion import NoiseSchedule
-from .sampling import initial_noise, sample_student, sample_teacher, student_timesteps
+from .sampling import sample_student, sample_teacher, student_timesteps
 
 COLUMNS = ["model", "sampler", "steps", "nfe", "guidance", "seconds_per_image", "images_per_second", "fid",
            "precision", "recall", "clip_score", "prompt_accuracy"]

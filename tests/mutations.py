@@ -58,6 +58,16 @@ M = [
  ("vote for a foreign pair accepted", [("addlib/preference.py", '    if d["pair"] not in pairs:', "    if False:")], "tests/test_preference.py"),
  ("vote file rewritten instead of appended", [("addlib/preference.py", 'with open(path, "a", encoding="utf-8")', 'with open(path, "w", encoding="utf-8")')], "tests/test_preference.py"),
  ("automatic vote ignores the tie band", [("addlib/preference.py", '"left" if d > tie else "right" if d < -tie else "tie"', '"left" if d > 0 else "right"')], "tests/test_preference.py"),
+ ("CD: c_skip and c_out swapped", [("addlib/consistency.py", "return c_skip * x_t + c_out * schedule.x0_from_output(x_t, out, t)", "return c_out * x_t + c_skip * schedule.x0_from_output(x_t, out, t)")], "tests/test_consistency.py"),
+ ("CD: the target from the online student", [("addlib/consistency.py", "out = loss_fn(student, target_net,", "out = loss_fn(student, raw_student,")], "tests/test_consistency.py"),
+ ("CD: unguided teacher step", [("addlib/consistency.py", "v = guided_v(self.teacher, z_start, t_start, cond, empty, self.cfg.guidance)", "v = guided_v(self.teacher, z_start, t_start, cond, empty, 1.0)")], "tests/test_consistency.py"),
+ ("CD: teacher step to the wrong timestep", [("addlib/consistency.py", "sched.eps_from_output(z_start, v, t_start), t_prev)", "sched.eps_from_output(z_start, v, t_start), t_start)")], "tests/test_consistency.py"),
+ ("CD: no skipping interval", [("addlib/consistency.py", "return start, (start - self.k).clamp_min(0)", "return start, (start - 1).clamp_min(0)")], "tests/test_consistency.py"),
+ ("CD: target network's EMA not checkpointed", [("addlib/consistency.py", 'emas={"ema": ema, "target": target_ema}', 'emas={"ema": ema}')], "tests/test_consistency.py"),
+ ("CD: target network with the saved EMA's decay", [("addlib/consistency.py", "target_ema = EMA(student, cfg.target_decay)", "target_ema = EMA(student, tc.ema_decay)")], "tests/test_consistency.py"),
+ ("CD: sampler ignores the consistency function", [("addlib/sampling.py", "            x0 = x0_fn(x, v, t)", "            x0 = schedule.x0_from_output(x, v, t)")], "tests/test_consistency.py"),
+ ("CD: target network updated after the step's loss is skipped", [("addlib/consistency.py", "        target_ema.copy_to(target_net)\n", "")], "tests/test_consistency.py"),
+ ("realism: outliers kept", [("addlib/metrics.py", "    keep = radii <= radii.median()", "    keep = radii >= 0")], "tests/test_metrics.py"),
 ]
 only = sys.argv[1:]
 for name, edits, tests in M:
