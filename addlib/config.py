@@ -506,6 +506,25 @@ class ADDConfig:
 
 
 @dataclasses.dataclass
+class ConsistencyConfig:
+    """Consistency distillation (LCM) from the same teacher, the preference study's baseline (stage
+    ``consistency``, addlib/consistency.py). Its budget is add.train's, used as it is."""
+    solver_steps: int        # N: the teacher's DDIM grid t_i = (i + 1) T/N - 1; LCM's skipping interval k = T/N
+    guidance: float          # classifier-free guidance w of the teacher's solver step (LCM samples w; fixed here)
+    distance: Literal["mse", "l1", "pseudo_huber"]   # d between f_theta and the target (iCT, LCM: pseudo_huber)
+    target_decay: float      # mu: EMA decay of the target network (LCM: 0.95)
+    timestep_scaling: float  # LCM's boundary scalings c_skip, c_out at s * t (LCM: 10)
+    sigma_data: float        # their sigma_data (0.5)
+
+    def validate(self, where: str) -> None:
+        _check(self.solver_steps >= 1, f"{where}.solver_steps", f"must be >= 1, got {self.solver_steps}")
+        _check(self.guidance >= 0, f"{where}.guidance", f"must be >= 0, got {self.guidance}")
+        _check(0 <= self.target_decay < 1, f"{where}.target_decay", f"must be in [0, 1), got {self.target_decay}")
+        _check(self.timestep_scaling > 0 and self.sigma_data > 0, f"{where}.timestep_scaling",
+               "timestep_scaling and sigma_data must be > 0")
+
+
+@dataclasses.dataclass
 class EvaluatorNetConfig:
     channels: list[int]      # CNN width per resolution level (two 3x3 convs each)
     steps: int
@@ -582,6 +601,36 @@ class EvaluateConfig:
 
 
 @dataclasses.dataclass
+class PreferenceConfig:
+    """The paper's user study at this scale (stage ``preference``, addlib/preference.py): blinded pairs for one
+    prompt and noise, two questions, automatic and human votes, win rates and Elo."""
+    prompts: int               # study prompts, drawn from the evaluation reference split's captions
+    seeds: int                 # noises per prompt: each comparison gets prompts x seeds pairs
+    seed: int                  # the prompts, the noises and the pair schedule
+    comparisons: list[list[str]]   # [a, b]: models named add@K, consistency@K or teacher@K (K steps; the
+                                   # teacher's sampler and guidance are evaluate's best row at K)
+    prompt_tie: float          # automatic prompt rater: probabilities closer than this are a tie
+    quality_tie: float         # automatic quality rater: realism scores closer than this (relative) are a tie
+    realism_k: int             # k of the realism score's k-NN radii
+    elo_rounds: int            # orders the games are replayed in (the paper: 1,000)
+    votes: str                 # people's vote file (JSON lines, appended by notebooks/vote.ipynb)
+
+    def validate(self, where: str) -> None:
+        _check(self.prompts >= 1 and self.seeds >= 1, f"{where}.prompts", "prompts and seeds must be >= 1")
+        _check(self.prompt_tie >= 0 and self.quality_tie >= 0, f"{where}.prompt_tie", "tie bands must be >= 0")
+        _check(self.realism_k >= 1 and self.elo_rounds >= 1, f"{where}.realism_k", "realism_k, elo_rounds >= 1")
+        _check(len(self.comparisons) >= 1, f"{where}.comparisons", "needs at least one comparison")
+        for i, c in enumerate(self.comparisons):
+            _check(len(c) == 2 and c[0] != c[1], f"{where}.comparisons[{i}]", f"needs two different models, got {c}")
+            for m in c:
+                ok = re.fullmatch(r"(add|consistency|teacher)@([1-9][0-9]*)", m)
+                _check(ok is not None, f"{where}.comparisons[{i}]",
+                       f"{m!r}: name models add@K, consistency@K or teacher@K")
+        pairs = [frozenset(c) for c in self.comparisons]
+        _check(len(set(pairs)) == len(pairs), f"{where}.comparisons", "a comparison is listed twice")
+
+
+@dataclasses.dataclass
 class AblationRun:
     seeds: list[int]            # one training run per seed (reported as mean and std)
     overrides: dict[str, Any]   # a partial params file deep-merged over params.yaml: names only
@@ -624,8 +673,10 @@ class Params:
     teacher: TeacherConfig
     features: FeatureNetConfig
     add: ADDConfig
+    consistency: ConsistencyConfig
     evaluators: EvaluatorsConfig
     evaluate: EvaluateConfig
+    preference: PreferenceConfig
     ablations: AblationsConfig
 
     def validate(self, where: str) -> None:
@@ -641,7 +692,20 @@ class Params:
         _check(not (a.student_zero_terminal_snr and self.teacher.schedule.prediction_type == "epsilon"),
                f"{where}.add.student_zero_terminal_snr", "an epsilon-prediction student cannot give x0 from pure "
                "noise (alpha_T = 0 at zero terminal SNR): set it false, or use a v-prediction teacher")
+        _check(T % self.consistency.solver_steps == 0, f"{where}.consistency.solver_steps",
+               f"must divide num_train_timesteps={T}, got {self.consistency.solver_steps}")
         allowed = student_step_counts(a.student_timesteps, T)
+        for c in self.preference.comparisons:
+            for m in c:
+                kind, k = m.split("@")
+                k = int(k)
+                _check(kind != "add" or k in allowed, f"{where}.preference.comparisons", f"{m}: the ADD student "
+                       f"samples with {allowed} steps")
+                _check(kind != "teacher" or k in self.evaluate.teacher_steps, f"{where}.preference.comparisons",
+                       f"{m}: evaluate.teacher_steps {self.evaluate.teacher_steps} has no {k}-step row to take "
+                       "the teacher's sampler and guidance from")
+                _check(kind != "consistency" or k <= self.consistency.solver_steps, f"{where}.preference.comparisons",
+                       f"{m}: more steps than consistency.solver_steps")
         bad = [k for k in self.evaluate.student_steps if k not in allowed]
         _check(not bad, f"{where}.evaluate.student_steps", f"{bad} not possible: a student trained at "
                f"{a.student_timesteps} samples with {allowed} steps")

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from . import config as C
+from . import grids
 
 from .data import Dataset, to_float
-from .diffusion import NoiseSchedule
 from .discriminator import Discriminator, FeatureNetwork
 from .models import EMA
 from .pretrain import load_backbone
@@ -170,7 +170,7 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
         done = step + 1
         if grid_text is not None and tc.sample_every and done % tc.sample_every == 0 and accelerator.is_main_process:
             ema.copy_to(ema_model)
-            png = save_student_grid(ema_model, sched_s, text, grid_text, cfg, [1, 2, 4],
+            png = grids.save_student_grid(ema_model, sched_s, text, grid_text, cfg, [1, 2, 4],
                                     Path(grid_dir) / f"step_{done:06d}.png", f"ADD student (EMA) at step {done}",
                                     space=space)
             if save:
@@ -197,22 +197,3 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
             "images_per_second": run["end"] * tc.batch_size / max(run["train_seconds"], 1e-9),
             "history": run["history"], "student": ema_model, "main_process": accelerator.is_main_process,
             "checkpoints": ckpt.run_dir}
-
-
-def save_student_grid(student, schedule: NoiseSchedule, text: TextCache, rows: list[int], cfg, steps_list,
-                      path: Path, title: str, space=None) -> Path:
-    """One row per prompt; a block of ``sample_per_prompt`` columns per step count, the same noise seeds in
-    every block (so a column shows one sample refined by more steps)."""
-    from .plots import block_grid
-    from .sampling import initial_noise, sample_student, student_timesteps, unet_input_shape
-
-    k = cfg.sample_per_prompt
-    ids = torch.tensor(rows).repeat_interleave(k)
-    states, mask, _ = text[ids]
-    noise = initial_noise(len(ids), unet_input_shape(student), cfg.sample_seed)
-    blocks = []
-    for n_steps in steps_list:
-        ts = student_timesteps(n_steps, cfg.student_timesteps, schedule.T)
-        x = sample_student(student, schedule, states, mask, noise, ts, seed=cfg.sample_seed, space=space)
-        blocks.append((f"{n_steps} step{'s' if n_steps > 1 else ''}", x))
-    return block_grid(blocks, [text.captions[r] for r in rows], k, path, title)

@@ -18,12 +18,13 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
 from . import metrics as M
 from .diffusion import NoiseSchedule
-from .sampling import initial_noise, sample_student, sample_teacher, student_timesteps
+from .sampling import sample_student, sample_teacher, student_timesteps
 
 COLUMNS = ["model", "sampler", "steps", "nfe", "guidance", "seconds_per_image", "images_per_second", "fid",
            "precision", "recall", "clip_score", "prompt_accuracy"]
@@ -62,7 +63,7 @@ def prompts_of(captions: list[str], labels: torch.Tensor, text) -> Prompts:
 
 @dataclasses.dataclass
 class Generator:
-    """One row's sampler: ``model`` teacher|student, ``sampler`` ddim|dpmsolver++|euler|add."""
+    """One row's sampler: ``model`` teacher|student|consistency, ``sampler`` ddim|dpmsolver++|euler|add|lcm."""
     model: str
     sampler: str
     steps: int
@@ -72,6 +73,8 @@ class Generator:
     empty: tuple[torch.Tensor, torch.Tensor] | None = None   # teacher: the empty prompt's (states, mask)
     trained_timesteps: list[int] | None = None              # student: its training timesteps
     space: torch.nn.Module | None = None                    # latent models: the VAE space (decodes)
+    timesteps: list[int] | None = None                      # a few-step student's own (consistency: LCM's)
+    x0_fn: Callable | None = None                           # its x0 from an output (consistency: f)
 
     @property
     def nfe(self) -> int:
@@ -82,9 +85,9 @@ class Generator:
         if self.model == "teacher":
             return sample_teacher(self.unet, self.schedule, prompts.states, prompts.mask, self.empty, noise,
                                   self.sampler, self.steps, self.guidance, batch_size=len(noise), space=self.space)
-        ts = student_timesteps(self.steps, self.trained_timesteps, self.schedule.T)
+        ts = self.timesteps or student_timesteps(self.steps, self.trained_timesteps, self.schedule.T)
         return sample_student(self.unet, self.schedule, prompts.states, prompts.mask, noise, ts, seed=seed,
-                              batch_size=len(noise), space=self.space)
+                              batch_size=len(noise), space=self.space, x0_fn=self.x0_fn)
 
 
 def generate(gen: Generator, prompts: Prompts, noise: torch.Tensor, batch_size: int, seed: int = 0,

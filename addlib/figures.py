@@ -107,3 +107,44 @@ def _plain_log_ticks(ax, axis: str = "both") -> None:
             a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 0.2, 0.5, 1, 2, 5, ...
         a.set_major_formatter(fmt)
         a.set_minor_formatter(NullFormatter())
+
+
+def preference_bars(win: dict[str, dict[str, dict]], path: str | Path, title: str = "") -> Path:
+    """The paper's user-study bars (its Figs. 5 and 6): per question, the win rate of one model against each
+    opponent with its 95% interval; 50% dashed. ``win``: question -> "a vs b" -> {win_rate, low, high}."""
+    questions = list(win)
+    fig, axes = plt.subplots(1, len(questions), figsize=(4.2 * len(questions), 0.45 * max(
+        len(v) for v in win.values()) + 1.4), squeeze=False, sharey=True)
+    for ax, q in zip(axes[0], questions):
+        labels = list(win[q])
+        rates = [100 * win[q][k]["win_rate"] for k in labels]
+        err = [[100 * (win[q][k]["win_rate"] - win[q][k]["low"]) for k in labels],
+               [100 * (win[q][k]["high"] - win[q][k]["win_rate"]) for k in labels]]
+        ax.barh(range(len(labels)), rates, xerr=err, color="tab:blue", alpha=0.8, capsize=3)
+        ax.axvline(50, ls="--", c="gray", lw=1)
+        ax.set_yticks(range(len(labels)))
+        ax.set_yticklabels(labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("win rate of the first model (%)")
+        ax.set_title(q, fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def elo_vs_speed(elo: dict[str, dict], seconds: dict[str, float], path: str | Path, title: str = "") -> Path:
+    """The paper's speed figure: Elo (mean and 95% interval over orders) against seconds per image."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for m, e in sorted(elo.items()):
+        s = seconds[m]
+        ax.errorbar([s], [e["mean"]], yerr=[[e["mean"] - e["low"]], [e["high"] - e["mean"]]], fmt="o", ms=5,
+                    capsize=3, label=m)
+        ax.annotate(m, (s, e["mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    _plain_log_ticks(ax, "x")
+    ax.set_xlabel("seconds per image (batch 1, this machine)")
+    ax.set_ylabel("Elo (prompt following and quality averaged)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)

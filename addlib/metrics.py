@@ -70,6 +70,17 @@ def precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int 
     return float(precision), float(recall)
 
 
+def realism_score(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Per-image realism (Kynkaanniemi et al. 2019, Sec. 5): R(g) = max_r NND_k(r) / ||g - r|| over the real
+    features r whose k-NN radius is at most the median (the half with the largest radii is dropped, as in the
+    paper, so outliers do not make everything look real). R >= 1: inside some real k-NN ball."""
+    real, fake = real_feats.double(), fake_feats.double()
+    radii = _knn_radii(real, k)
+    keep = radii <= radii.median()
+    d = torch.cdist(fake, real[keep])
+    return (radii[keep][None, :] / d.clamp_min(1e-12)).max(1).values.float()
+
+
 def clip_score(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
     """Hessel et al. 2021: mean over pairs of 100 * max(cos(image_i, text_i), 0)."""
     cos = torch.nn.functional.cosine_similarity(image_emb.double(), text_emb.double(), dim=-1)

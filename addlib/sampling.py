@@ -89,11 +89,14 @@ def renoise_generator(seed: int) -> torch.Generator:
 @torch.no_grad()
 def sample_student(unet, schedule: NoiseSchedule, states: torch.Tensor, mask: torch.Tensor,
                    noise: torch.Tensor, timesteps: list[int], seed: int = 0,
-                   batch_size: int = 256, space=None) -> torch.Tensor:
+                   batch_size: int = 256, space=None, x0_fn=None) -> torch.Tensor:
     """ADD's few-step sampler (section 3, "Sampling"): start from pure noise ``noise`` at timesteps[0]; at each
     student timestep predict x0 (from the network's v or epsilon output); then re-noise that prediction with
     *fresh* noise (from :func:`renoise_generator`, independent of ``noise``) to the *next* timestep and
-    predict again. No guidance: one network evaluation per step. ``schedule`` is the student's."""
+    predict again. No guidance: one network evaluation per step. ``schedule`` is the student's.
+    ``x0_fn(x_t, output, t)``: how an output becomes x0 (default ``schedule.x0_from_output``; the
+    consistency baseline's boundary-scaled f, consistency.consistency_x0, makes this LCM's multistep sampler)."""
+    x0_fn = schedule.x0_from_output if x0_fn is None else x0_fn
     device = next(unet.parameters()).device
     dtype = next(unet.parameters()).dtype
     g = renoise_generator(seed)
@@ -105,7 +108,7 @@ def sample_student(unet, schedule: NoiseSchedule, states: torch.Tensor, mask: to
         for k, tau in enumerate(timesteps):
             t = torch.full((n,), tau, device=device, dtype=torch.long)
             v = unet(x, t, encoder_hidden_states=cond[0], encoder_attention_mask=cond[1]).sample
-            x0 = schedule.x0_from_output(x, v, t)
+            x0 = x0_fn(x, v, t)
             if k + 1 < len(timesteps):
                 t_next = torch.full((n,), timesteps[k + 1], device=device, dtype=torch.long)
                 eps = torch.randn(x0.shape, generator=g).to(device, dtype)

@@ -73,3 +73,13 @@ def test_clip_score_by_hand():
 def test_split_halves_fid_is_small_for_one_distribution():
     x = _gauss(4000, [0.0] * 3, [1.0] * 3, 5)
     assert 0 <= M.split_halves_fid(x) < 0.02
+
+
+def test_realism_score_by_hand():
+    # reals on a line at 0, 1, 3, 7; k = 1: radii 1, 1, 2, 4; median 1 keeps the reals at 0 and 1 (radius 1)
+    real = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    fake = torch.tensor([[0.5], [3.0], [-1.0]])
+    r = M.realism_score(real, fake, k=1)
+    assert r.tolist() == pytest.approx([2.0, 0.5, 1.0])  # max(1/0.5, 1/0.5); max(1/3, 1/2); max(1/1, 1/2)
+    # the real at 7 (largest radius) is dropped: a fake next to it is not called real
+    assert M.realism_score(real, torch.tensor([[6.5]]), k=1).item() == pytest.approx(1 / 5.5)

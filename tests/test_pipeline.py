@@ -32,7 +32,8 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
 
     r = _sh([str(BIN / "dvc"), "repro"], repo, env)
-    for stage in ["check", "prepare", "teacher", "features", "add", "evaluators", "evaluate", "diagnose"]:
+    for stage in ["check", "prepare", "teacher", "features", "add", "consistency", "evaluators", "evaluate",
+                  "preference", "diagnose"]:
         assert f"Running stage '{stage}'" in r.stdout, stage
 
     # every stage that trained pruned its run's checkpoints once its outputs were written
@@ -75,9 +76,17 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
         assert k in add and add[k] == add[k], k  # logged and not NaN
     assert len(list((repo / "reports/add/progress").glob("step_*.png"))) == 1  # sample_every: 2 of 3 steps
 
+    # the consistency baseline: ADD's budget, its model, grid and curve
+    cd = json.loads((repo / "reports/consistency/metrics.json").read_text())
+    assert cd["steps"] == 3 and cd["budget"]["steps"] == add["steps"] and math.isfinite(cd["final_loss"])
+    for f in ["models/consistency/diffusion_pytorch_model.safetensors", "reports/consistency/samples.png",
+              "reports/consistency/loss.png", "reports/executed/consistency.ipynb"]:
+        assert (repo / f).is_file(), f
+    _check_preference(repo)
+
     lock = (repo / "dvc.lock").read_text()
-    assert all(f"{s}:" in lock for s in ["prepare", "teacher", "features", "add", "evaluators", "evaluate", "diagnose",
-                                         "report"])
+    assert all(f"{s}:" in lock for s in ["prepare", "teacher", "features", "add", "consistency", "evaluators",
+                                         "evaluate", "preference", "diagnose", "report"])
     # diagnose: the sampler cut after each student step, and one call at each student timestep for both networks
     diag = json.loads((repo / "reports/diagnostics/diagnostics.json").read_text())
     ts = diag["student_timesteps"]
@@ -119,9 +128,16 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert bad.returncode != 0 and "teacher.stpes_typo: unknown key" in bad.stdout + bad.stderr
     assert "Running stage 'teacher'" not in bad.stdout and all((repo / f).is_file() for f in kept)
     (repo / "params.yaml").write_text(params)
+    # ... and a person's vote (notebooks/vote.ipynb appends to the vote file DVC tracks) reruns only the study
+    from addlib import preference as P
+    study = json.loads((repo / "models/preference/study.json").read_text())
+    pairs = {q["id"]: P.Pair(**q) for q in study["pairs"]}
+    P.append_vote(repo / "votes/human.jsonl", P.Vote("tester", next(iter(pairs)), "quality", "left", P.now()), pairs)
     r = _sh([str(BIN / "dvc"), "repro"], repo, env)  # the stamp is rewritten, unchanged: no computing stage reruns
     ran = set(re.findall(r"Running stage '([^']+)'", r.stdout))
-    assert "check" in ran and ran <= {"check", "report"}, ran  # (the report reran in one of three runs: to find)
+    assert ran == {"check", "preference", "report"}, ran
+    human = json.loads((repo / "reports/preference/results.json").read_text())["human"]
+    assert human["votes"] == 1 and human["questions"]["quality"]["games"] == 1
 
     # evaluators: both networks trained and read out
     ev = json.loads((repo / "reports/evaluators/metrics.json").read_text())
@@ -137,7 +153,8 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
         rows = list(reader)
     smoke = yaml.safe_load((root / "profiles/smoke.yaml").read_text())["evaluate"]
     expected = [("teacher", s, k) for s in ["ddim", "dpmsolver++"] for k in smoke["teacher_steps"]] + \
-               [("student", "add", k) for k in smoke["student_steps"]]
+               [("student", "add", k) for k in smoke["student_steps"]] + \
+               [("consistency", "lcm", k) for k in smoke["student_steps"]]
     assert [(r["model"], r["sampler"], int(r["steps"])) for r in rows] == expected
     for r in rows:
         for c in ["nfe", "guidance", "seconds_per_image", "images_per_second", "fid", "precision", "recall",
@@ -173,6 +190,26 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     ev2 = json.loads((repo / "reports/metrics/evaluate.json").read_text())
     assert set(ev2["rows"]) == {f"{m}/{s}/{k}" for m, s, k in expected}
     assert all(math.isfinite(r["fid"]) for r in ev2["rows"].values())
+
+
+def _check_preference(repo: Path) -> None:
+    """The study: every comparison on every prompt and noise, two automatic votes per pair, the raters checked on
+    real images, no human votes yet; its tables, figures and the images people vote on."""
+    cfg = yaml.safe_load((repo / "params.yaml").read_text())["preference"]
+    res = json.loads((repo / "reports/preference/results.json").read_text())
+    n = len(cfg["comparisons"]) * cfg["prompts"] * cfg["seeds"]
+    assert res["pairs"] == n and res["automatic"]["votes"] == 2 * n and res["human"]["votes"] == 0
+    for q in ("prompt", "quality"):
+        auto = res["automatic"]["questions"][q]
+        assert auto["games"] == n and set(auto["win"]) == {f"{a} vs {b}" for a, b in cfg["comparisons"]}
+        assert all(0 <= w["low"] <= w["win_rate"] <= w["high"] <= 1 for w in auto["win"].values())
+        assert set(auto["elo"]) == {m for c in cfg["comparisons"] for m in c}
+        assert all(0 <= v <= 1 for v in res["rater_validation"][q].values())
+    assert set(res["automatic"]["elo_average"]) == {m for c in cfg["comparisons"] for m in c}
+    assert all(math.isfinite(res["seconds_per_image"][m]) for m in res["models"])
+    for f in ["reports/tables/preference.md", "reports/preference/win_rates.png", "reports/preference/elo_vs_speed.png",
+              "models/preference/images.safetensors", "reports/executed/preference.ipynb"]:
+        assert (repo / f).is_file(), f
 
 
 def _check_ablations_and_report(repo: Path, log: str, tmp_path: Path) -> None:
@@ -219,7 +256,9 @@ def _check_ablations_and_report(repo: Path, log: str, tmp_path: Path) -> None:
     assert "def " not in page and "import " not in page  # rendered without code
     assert page.count("data:image/png;base64,") >= 10  # figures inside the page
     linked = re.findall(r'href="(stages/[^"]+\.html)"', page)
-    assert "stages/evaluate.html" in linked and "stages/ablation-default.html" in linked
+    assert {"stages/evaluate.html", "stages/consistency.html", "stages/preference.html",
+            "stages/ablation-default.html"} <= set(linked)
+    assert 'id="sec-preference"' in page
     assert all((repo / "reports/html" / ln).is_file() for ln in linked)
     assert (repo / "reports/html/stages/style.css").is_file()
     png = R.screenshot(repo / "reports/html/index.html", tmp_path / "index.png", width=1280, height=2400)

@@ -8,7 +8,8 @@ from .. import config as C
 from .. import data as D
 from .. import plots
 from ..diffusion import student_schedule
-from ..distillation import build_discriminator, save_student_grid, train_add
+from ..distillation import build_discriminator, train_add
+from ..grids import save_student_grid
 from ..latent import load_teacher
 from ..paths import CHECKPOINTS, MODELS, REPORTS, code_version, write_json
 from .common import load_prepared, prune_checkpoints, sections

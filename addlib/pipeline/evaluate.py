@@ -15,6 +15,7 @@ from .. import calibration as K
 from .. import evaluation as E
 from .. import figures
 from .. import plots
+from ..consistency import SkipGrid, consistency_x0
 from ..diffusion import student_schedule
 from ..latent import load_teacher
 from ..metrics import extract, fid_from_features, split_halves_fid
@@ -52,6 +53,13 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     def student_gen(steps):
         return E.Generator("student", "add", steps, 1.0, student, sched_s,
                            trained_timesteps=add_cfg.student_timesteps, space=space)
+
+    consistency = UNet2DConditionModel.from_pretrained(root / MODELS / "consistency").eval()
+    grid = SkipGrid(schedule.T, p.consistency.solver_steps)
+
+    def consistency_gen(steps):  # the baseline runs on the teacher's schedule, at LCM's timesteps
+        return E.Generator("consistency", "lcm", steps, 1.0, consistency, schedule, space=space,
+                           timesteps=grid.sampling(steps), x0_fn=consistency_x0(p.consistency, schedule))
 
     rows, guidance, seed_fids = [], {}, {}
 
@@ -98,6 +106,11 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
         t = torch.tensor(fids, dtype=torch.float64)
         seed_fids[f"student/add/{steps}"] = {"fids": fids, "mean": float(t.mean()),
                                              "std": float(t.std()) if len(fids) > 1 else 0.0}
+    # 2a. The consistency-distillation baseline (stage consistency) at the student's step counts.
+    for steps in sorted(cfg.student_steps):
+        gen = consistency_gen(steps)
+        images, throughput = E.generate(gen, test_prompts, test_noise, cfg.batch_size, seed=cfg.seed, accelerator=acc)
+        add_row(gen, images, throughput)
     # 2b. Zero-shot prompts (the embedded digits): each test prompt's digit in a caption template that no
     # training caption uses (data.ZERO_SHOT_TEMPLATES), the student rows again on the same noise.
     zero_shot = []
@@ -151,8 +164,11 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
         blocks.append((f"teacher {sampler}\n{steps} steps, w={w:g}", teacher_gen(sampler, steps, w)(gp, noise)))
     for steps in sorted(cfg.student_steps):
         blocks.append((f"ADD student\n{steps} step{'s' if steps > 1 else ''}", student_gen(steps)(gp, noise, seed=cfg.seed)))
+    for steps in sorted(cfg.student_steps):
+        blocks.append((f"consistency (LCM)\n{steps} step{'s' if steps > 1 else ''}",
+                       consistency_gen(steps)(gp, noise, seed=cfg.seed)))
     plots.block_grid(blocks, add_cfg.sample_prompts, k, out / "figure4.png",
                      "Figure 4 at this scale: the same prompts and noise in every block")
-    C.write_resolved(sections(p, "seed", "data", "text_encoder", "teacher", "add", "evaluators", "evaluate"),
+    C.write_resolved(sections(p, "seed", "data", "text_encoder", "teacher", "add", "consistency", "evaluators", "evaluate"),
                      out / "config.json", code_version=code_version(root))
     return result

@@ -30,6 +30,7 @@ class Scoring:
     sel_feats: torch.Tensor
     scorer: Any                   # evaluation.Scorer
     clip_text: Any                # real CLIP's text tower, or None (the cache's pooled MiniLM embeddings)
+    logits: Any = None            # images -> the in-domain classifier's class logits (None without labels)
 
     def prompts_for(self, split: D.Dataset, n: int, seed: int, cache: TextCache):
         """n prompts drawn from a split's captions (evaluation.draw_prompts), with the CLIP score's text side."""
@@ -69,4 +70,4 @@ def scoring(ds: D.Dataset, cache: TextCache, ev_cfg: C.EvaluatorsConfig, cfg: C.
     classify = (lambda x: classifier(x).argmax(1)) if classifier is not None else None
     ref_feats, sel_feats = extract(feat_fn, ref.pixels()), extract(feat_fn, sel.pixels())
     scorer = E.Scorer(feat_fn, image_emb, classify, ref_feats, cfg.pr_k, pr_seed=cfg.seed)
-    return Scoring(ref, sel, feat_fn, feat_name, ref_feats, sel_feats, scorer, clip_text)
+    return Scoring(ref, sel, feat_fn, feat_name, ref_feats, sel_feats, scorer, clip_text, classifier)
