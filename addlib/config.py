@@ -92,8 +92,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {_type_name(tp)} at {where}")
 
 
-def from_dict(cls, data: Any, where: str):
-    """Build dataclass ``cls`` from ``data``; reject unknown and missing keys; then run ``validate()``."""
+def from_dict(cls, data: Any, where: str, absent: frozenset = frozenset()):
+    """Build dataclass ``cls`` from ``data``; reject unknown and missing keys; then run ``validate()``. Fields
+    named in ``absent`` may be None (a stage's params restricted to the sections it declares)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -109,6 +110,9 @@ def from_dict(cls, data: Any, where: str):
             if f.default is not dataclasses.MISSING:
                 continue
             raise ConfigError(f"{where}.{f.name}: missing key")
+        if f.name in absent and data[f.name] is None:
+            kwargs[f.name] = None
+            continue
         kwargs[f.name] = _convert(data[f.name], hints[f.name], f"{where}.{f.name}")
         if f.name == "seed" or f.name.endswith("_seed") or f.name == "seeds":  # torch takes seeds >= 0
             seeds = kwargs[f.name] if isinstance(kwargs[f.name], list) else [kwargs[f.name]]
@@ -680,9 +684,15 @@ class Params:
     ablations: AblationsConfig
 
     def validate(self, where: str) -> None:
-        """Checks across sections (each section has checked itself)."""
+        """Checks across sections (each section has checked itself); those between sections a stage's
+        restricted params do not hold are skipped (the whole file was checked before the stage ran)."""
         from .timesteps import student_step_counts
 
+        def has(*names: str) -> bool:
+            return all(getattr(self, n) is not None for n in names)
+
+        if not has("teacher", "add"):
+            return
         T = self.teacher.schedule.num_train_timesteps
         a = self.add
         _check(max(a.student_timesteps) <= T - 1, f"{where}.add.student_timesteps",
@@ -692,23 +702,26 @@ class Params:
         _check(not (a.student_zero_terminal_snr and self.teacher.schedule.prediction_type == "epsilon"),
                f"{where}.add.student_zero_terminal_snr", "an epsilon-prediction student cannot give x0 from pure "
                "noise (alpha_T = 0 at zero terminal SNR): set it false, or use a v-prediction teacher")
-        _check(T % self.consistency.solver_steps == 0, f"{where}.consistency.solver_steps",
-               f"must divide num_train_timesteps={T}, got {self.consistency.solver_steps}")
         allowed = student_step_counts(a.student_timesteps, T)
-        for c in self.preference.comparisons:
-            for m in c:
-                kind, k = m.split("@")
-                k = int(k)
-                _check(kind != "add" or k in allowed, f"{where}.preference.comparisons", f"{m}: the ADD student "
-                       f"samples with {allowed} steps")
-                _check(kind != "teacher" or k in self.evaluate.teacher_steps, f"{where}.preference.comparisons",
-                       f"{m}: evaluate.teacher_steps {self.evaluate.teacher_steps} has no {k}-step row to take "
-                       "the teacher's sampler and guidance from")
-                _check(kind != "consistency" or k <= self.consistency.solver_steps, f"{where}.preference.comparisons",
-                       f"{m}: more steps than consistency.solver_steps")
-        bad = [k for k in self.evaluate.student_steps if k not in allowed]
-        _check(not bad, f"{where}.evaluate.student_steps", f"{bad} not possible: a student trained at "
-               f"{a.student_timesteps} samples with {allowed} steps")
+        if has("consistency"):
+            _check(T % self.consistency.solver_steps == 0, f"{where}.consistency.solver_steps",
+                   f"must divide num_train_timesteps={T}, got {self.consistency.solver_steps}")
+        if has("preference", "consistency", "evaluate"):
+            for c in self.preference.comparisons:
+                for m in c:
+                    kind, k = m.split("@")
+                    k = int(k)
+                    _check(kind != "add" or k in allowed, f"{where}.preference.comparisons", f"{m}: the ADD "
+                           f"student samples with {allowed} steps")
+                    _check(kind != "teacher" or k in self.evaluate.teacher_steps, f"{where}.preference.comparisons",
+                           f"{m}: evaluate.teacher_steps {self.evaluate.teacher_steps} has no {k}-step row to take "
+                           "the teacher's sampler and guidance from")
+                    _check(kind != "consistency" or k <= self.consistency.solver_steps,
+                           f"{where}.preference.comparisons", f"{m}: more steps than consistency.solver_steps")
+        if has("evaluate"):
+            bad = [k for k in self.evaluate.student_steps if k not in allowed]
+            _check(not bad, f"{where}.evaluate.student_steps", f"{bad} not possible: a student trained at "
+                   f"{a.student_timesteps} samples with {allowed} steps")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -757,7 +770,9 @@ def parse(raw: dict, where: str = "params") -> Params:
 def parse_run(raw: dict, name: str, seed: int, where: str = "params") -> Params:
     """The typed params of one ablation run (its overrides are checked against params.yaml, not against
     other runs' overrides)."""
-    return from_dict(Params, ablation_params(raw, name, seed), f"{where}:ablations.runs.{name}.overrides")
+    data = ablation_params(raw, name, seed)
+    absent = frozenset(k for k, v in data.items() if v is None)  # a stage's restricted params: sections it skips
+    return from_dict(Params, data, f"{where}:ablations.runs.{name}.overrides", absent)
 
 
 def ablation_params(raw: dict, name: str, seed: int) -> dict:

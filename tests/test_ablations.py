@@ -99,3 +99,16 @@ def test_summary_means_spreads_and_the_ordering_sentence():
     md = A.markdown(A.summarise(cfg, res))
     assert "| mse | 3 | 3.00 ± 1.00 |" in md and "| l1 | 3 | 6.00 ± 1.73 |" in md and "| 20.6 |" in md
     assert md.count("### ") == 3 and "| none | 1 | 9.00 |" in md
+
+
+def test_a_run_parses_from_the_ablation_stages_restricted_params(root):
+    """The ablation stage gets params restricted to its sections (the baseline's and the study's are None) and
+    parses each run from them."""
+    from addlib import stages as S
+
+    p = S.restrict(C.load(root / "params.yaml"), S.stage_sections("ablation", root))
+    assert p.preference is None and p.consistency is None and p.add is not None
+    ps = C.parse_run(C.to_dict(p), "l1", 1)
+    assert ps.add.distance == "l1" and ps.seed == 1 and ps.preference is None
+    with pytest.raises(C.ConfigError, match="params.consistency: expected a mapping, got None"):
+        C.from_dict(C.Params, C.to_dict(p), "params")  # None sections only where the caller allows them

@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from addlib import config as C
-from addlib.pipeline import add, evaluate, evaluators, features, prepare, teacher
+from addlib.pipeline import add, consistency, evaluate, evaluators, features, prepare, teacher
 from tiny_models import SD_SCHEDULE, sd_folder
 
 
@@ -53,10 +53,12 @@ def test_stages_run_on_a_latent_teacher_by_params_alone(latent_root):
     features.run(p, r, progress=False)
     a = add.run(p, r, progress=False)
     assert a["steps"] == p.add.train.steps and math.isfinite(a["final_loss_distill"])
+    cd = consistency.run(p, r, progress=False)  # the baseline on the same latent teacher
+    assert cd["steps"] == p.add.train.steps and math.isfinite(cd["final_loss"])
     evaluators.run(p, r, progress=False)
     evaluate.run(p, r, progress=False)
     ev = json.loads((r / "reports/metrics/evaluate.json").read_text())
-    assert {f"student/add/{k}" for k in p.evaluate.student_steps} <= set(ev["rows"])
+    assert {f"{m}/{k}" for m in ("student/add", "consistency/lcm") for k in p.evaluate.student_steps} <= set(ev["rows"])
     assert all(math.isfinite(row["fid"]) for row in ev["rows"].values())
     from addlib.sampling import ADDSampler
 

@@ -54,7 +54,7 @@ def test_the_report_page_has_a_table_of_contents_whose_links_land(tmp_path, root
     nbformat.write(nb, str(tmp_path / "r.ipynb"))
     page = R.notebook_to_html(tmp_path / "r.ipynb", tmp_path / "r.html").read_text()
     links = re.findall(r'href="#([^"]+)"', page.split("Contents:")[1].split("</p>")[0])
-    assert len(links) == 10
+    assert len(links) == 11
     for a in links:
         assert f'id="{a}"' in page, a
     assert page.index('id="sec-table1"') < page.index('id="sec-refinement"')
