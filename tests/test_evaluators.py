@@ -78,7 +78,18 @@ def test_the_detail_autoencoder_denoises_and_its_code_sees_blur(smoke_params, tm
     cfg = dataclasses.replace(smoke_params.evaluators.detail, channels=[8, 16], code_channels=16, steps=200, lr=5e-3,
                               checkpoint_every=1000, noise=0.2)
     x, _ = _data()
-    ae = E.train_evaluator("detail", cfg, 0, x, None, None, tmp_path, tmp_path / "ck", progress=False)["model"]
+    run = E.train_evaluator("detail", cfg, 0, x, None, None, tmp_path, tmp_path / "ck", progress=False)
+    ae = run["model"]
+    # the objective, by hand: the first step's loss is the initial network's MSE to x from x + noise * eps
+    from addlib.training import batch_indices, step_generator
+    stream = 0 * 31 + 3
+    torch.manual_seed(stream)
+    ae0 = E.DenoisingAE(1, cfg.channels, cfg.code_channels)
+    xb = x[batch_indices(0, len(x), cfg.batch_size, stream)]
+    eps = torch.randn(xb.shape, generator=step_generator(stream, 0))
+    with torch.no_grad():
+        assert run["history"][0]["loss"] == pytest.approx(
+            float(torch.nn.functional.mse_loss(ae0(xb + cfg.noise * eps), xb)), rel=1e-5)
     g = torch.Generator().manual_seed(3)
     noisy = x + 0.2 * torch.randn(x.shape, generator=g)
     with torch.no_grad():
