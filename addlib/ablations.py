@@ -42,7 +42,8 @@ def _ordering_matches(ours: dict[str, float], paper: dict[str, float]) -> bool |
 
 
 def summarise(cfg: AblationsConfig, results: dict[str, dict[int, dict[str, float]]],
-              metrics: tuple[str, ...] = ("fid", "precision", "recall", "clip_score", "prompt_accuracy")) -> dict:
+              metrics: tuple[str, ...] = ("fid", "precision", "recall", "fid_detail", "recall_detail", "clip_score",
+                                          "prompt_accuracy")) -> dict:
     """results: run -> seed -> metrics. Returns sub-table -> {rows: [...], sentence: str}; each row holds the
     label, the run, the number of seeds, mean and std of every metric, and the paper's FID where it has one."""
     out = {}
@@ -91,12 +92,13 @@ def markdown(table1: dict) -> str:
     parts = []
     for table, t in table1.items():
         lines = [f"### {TITLES.get(table, table)}", "",
-                 "| row | seeds | FID | precision | recall | CLIP score | prompt accuracy | paper FID |",
-                 "|---|---|---|---|---|---|---|---|"]
+                 "| row | seeds | FID | precision | recall | FID (detail) | recall (detail) | CLIP score | "
+                 "prompt accuracy | paper FID |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         for r in t["rows"]:
             paper = f"{r['paper_fid']:g}" if r.get("paper_fid") is not None else "-"
             lines.append(f"| {r['row']} | {r['seeds']} | {_cell(r, 'fid', 2)} | {_cell(r, 'precision', 3)} | "
-                         f"{_cell(r, 'recall', 3)} | {_cell(r, 'clip_score', 2)} | {_cell(r, 'prompt_accuracy', 3)} "
-                         f"| {paper} |")
+                         f"{_cell(r, 'recall', 3)} | {_cell(r, 'fid_detail', 2)} | {_cell(r, 'recall_detail', 3)} | "
+                         f"{_cell(r, 'clip_score', 2)} | {_cell(r, 'prompt_accuracy', 3)} | {paper} |")
         parts.append("\n".join(lines + ["", t["sentence"], ""]))
     return "\n".join(parts)

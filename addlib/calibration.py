@@ -108,6 +108,8 @@ def calibrate(scorer, ref_images: torch.Tensor, labels: torch.Tensor, captions: 
 
     a, b = halves(len(ref_images), seed)
     half_scorer = dataclasses.replace(scorer, ref_feats=extract(scorer.features, ref_images[a]))
+    if scorer.detail is not None:  # the second space's reference: the same half
+        half_scorer.detail_ref_feats = extract(scorer.detail, ref_images[a])
     b = b[:n]
     real, y = ref_images[b], labels[b]
     prompts = prompts_of([captions[i] for i in b], y)
@@ -117,7 +119,8 @@ def calibrate(scorer, ref_images: torch.Tensor, labels: torch.Tensor, captions: 
     return rows
 
 
-def markdown(rows: dict[str, dict], metrics=("fid", "precision", "recall", "clip_score", "prompt_accuracy")) -> str:
+def markdown(rows: dict[str, dict], metrics=("fid", "precision", "recall", "fid_detail", "precision_detail",
+                                             "recall_detail", "clip_score", "prompt_accuracy")) -> str:
     """The calibration table as markdown, one row per set."""
     lines = ["| set | " + " | ".join(m.replace("_", " ") for m in metrics) + " |",
              "|---|" + "---|" * len(metrics)]

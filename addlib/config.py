@@ -549,9 +549,22 @@ class EvaluatorNetConfig:
 
 
 @dataclasses.dataclass
+class DetailNetConfig(EvaluatorNetConfig):
+    """The detail space's denoising autoencoder (its convolutional encoder halves the resolution per width)."""
+    code_channels: int       # channels of the encoder's last map; the feature is that map flattened
+    noise: float             # std of the Gaussian noise added to the input (images in [-1, 1])
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        _check(self.code_channels >= 1, f"{where}.code_channels", f"must be >= 1, got {self.code_channels}")
+        _check(self.noise >= 0, f"{where}.noise", f"must be >= 0, got {self.noise}")
+
+
+@dataclasses.dataclass
 class EvaluatorsConfig:
     classifier: EvaluatorNetConfig   # FID / precision-recall features and prompt accuracy (needs labels)
     clip: EvaluatorNetConfig         # image tower trained against the frozen text encoder (CLIP score)
+    detail: DetailNetConfig          # the second, detail-sensitive space for FID and precision/recall
     num_threads: int
 
     def validate(self, where: str) -> None:

@@ -8,7 +8,12 @@ network       architecture            objective                           used f
 F             ViT (timm), 4-px patch  SimCLR, no labels                   discriminator (stage features)
 classifier    CNN (this module)       cross-entropy on the class labels    FID, precision/recall, prompt accuracy
 image tower   CNN (this module)       CLIP loss vs frozen MiniLM captions  CLIP score
+detail        conv autoencoder        denoising reconstruction, no labels  the second FID / P-R space
 ============  ======================  ==================================  ===========================
+
+The classifier's features separate classes far more than they vary within one, so its FID barely sees blur,
+lost strokes or a collapse within a class; the autoencoder must reconstruct every stroke from a noisy input, so
+its code (flattened, wide) keeps that detail: every row is scored in both spaces (issue 21).
 
 Each is its own training run with its own seed stream. Users with the standard networks point
 ``evaluate.inception`` at clean-fid's Inception file and ``evaluate.clip`` at a local transformers CLIP
@@ -65,6 +70,33 @@ class ImageTower(nn.Module):
         return F.normalize(self.net(x), dim=-1)
 
 
+class DenoisingAE(nn.Module):
+    """A convolutional denoising autoencoder. Encoder: per width, a 3x3 conv + GroupNorm + SiLU and a stride-2
+    3x3 conv (halving the resolution), then a 1x1 conv to ``code_channels``; ``embed`` is that code map
+    flattened (code_channels x (H / 2^levels)^2 features). Decoder: the mirror image with nearest upsampling."""
+
+    def __init__(self, in_chans: int, channels: list[int], code_channels: int):
+        super().__init__()
+        enc, c_in = [], in_chans
+        for c in channels:
+            enc += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(min(8, c), c), nn.SiLU(),
+                    nn.Conv2d(c, c, 3, stride=2, padding=1), nn.SiLU()]
+            c_in = c
+        self.encoder = nn.Sequential(*enc, nn.Conv2d(c_in, code_channels, 1))
+        dec = [nn.Conv2d(code_channels, c_in, 1), nn.SiLU()]
+        for c in reversed([in_chans] + channels[:-1]):
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, max(c, 8), 3, padding=1),
+                    nn.GroupNorm(min(8, max(c, 8)), max(c, 8)), nn.SiLU()]
+            c_in = max(c, 8)
+        self.decoder = nn.Sequential(*dec, nn.Conv2d(c_in, in_chans, 3, padding=1))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_ids: torch.Tensor,
               logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE (Radford et al. 2021) over a batch. Images whose captions are the same string are
@@ -86,9 +118,10 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def train_evaluator(kind: str, cfg: EvaluatorNetConfig, seed: int, x_train: torch.Tensor, targets: torch.Tensor,
                     text_emb: torch.Tensor | None, out_dir: str | Path, checkpoint_dir: str | Path,
                     max_steps: int | None = None, progress: bool = True, num_threads: int = 0) -> dict:
-    """Train the classifier (``kind='classifier'``, targets = labels) or the image tower
-    (``kind='clip'``, targets = caption ids into ``text_emb``, the frozen pooled caption embeddings).
-    Weights go to ``out_dir/<kind>.safetensors``."""
+    """Train the classifier (``kind='classifier'``, targets = labels), the image tower (``kind='clip'``,
+    targets = caption ids into ``text_emb``, the frozen pooled caption embeddings) or the detail space's
+    denoising autoencoder (``kind='detail'``, no targets: it reconstructs the clean image from
+    image + ``cfg.noise`` Gaussian noise). Weights go to ``out_dir/<kind>.safetensors``."""
     from accelerate import Accelerator
 
     from .config import fingerprint
@@ -96,10 +129,12 @@ def train_evaluator(kind: str, cfg: EvaluatorNetConfig, seed: int, x_train: torc
 
     set_threads(num_threads)
     accelerator = Accelerator()
-    stream_seed = seed * 31 + (1 if kind == "classifier" else 2)  # not F's seed stream
+    stream_seed = seed * 31 + {"classifier": 1, "clip": 2, "detail": 3}[kind]  # not F's seed stream
     torch.manual_seed(stream_seed)
     if kind == "classifier":
         model = ConvNet(x_train.shape[1], cfg.channels, int(targets.max()) + 1)
+    elif kind == "detail":
+        model = DenoisingAE(x_train.shape[1], cfg.channels, cfg.code_channels)
     else:
         model = ImageTower(x_train.shape[1], cfg.channels, text_emb.shape[1])
         text_n = F.normalize(text_emb.float(), dim=-1)
@@ -109,15 +144,21 @@ def train_evaluator(kind: str, cfg: EvaluatorNetConfig, seed: int, x_train: torc
 
     def step_fn(step: int) -> dict:
         idx = batch_indices(step, len(x_train), cfg.batch_size, stream_seed)
-        x = _augment(x_train[idx], step_generator(stream_seed, step)).to(accelerator.device)
-        y = targets[idx].to(accelerator.device)
-        if kind == "classifier":
-            logits = model_p(x)
-            loss = F.cross_entropy(logits, y)
-            out = {"loss": loss.item(), "accuracy": float((logits.argmax(1) == y).float().mean())}
-        else:
-            loss = clip_loss(model_p(x), text_n[y], y, model.logit_scale)
+        g = step_generator(stream_seed, step)
+        if kind == "detail":  # denoising: the clean image from a noisy copy. No augmentation: its resampling
+            x = x_train[idx].to(accelerator.device)  # blurs, and blur is what this space must not take as real
+            loss = F.mse_loss(model_p(x + cfg.noise * torch.randn(x.shape, generator=g).to(x.device)), x)
             out = {"loss": loss.item()}
+        else:
+            x = _augment(x_train[idx], g).to(accelerator.device)
+            y = targets[idx].to(accelerator.device)
+            if kind == "classifier":
+                logits = model_p(x)
+                loss = F.cross_entropy(logits, y)
+                out = {"loss": loss.item(), "accuracy": float((logits.argmax(1) == y).float().mean())}
+            else:
+                loss = clip_loss(model_p(x), text_n[y], y, model.logit_scale)
+                out = {"loss": loss.item()}
         if not torch.isfinite(loss):
             return out
         accelerator.backward(loss)
@@ -145,9 +186,15 @@ def train_evaluator(kind: str, cfg: EvaluatorNetConfig, seed: int, x_train: torc
             "checkpoints": ckpt.run_dir}
 
 
-def load_evaluator(kind: str, cfg: EvaluatorNetConfig, in_chans: int, out_dim: int, folder: str | Path) -> nn.Module:
-    """The trained classifier (out_dim = classes) or image tower (out_dim = text dim), in eval mode."""
-    model = ConvNet(in_chans, cfg.channels, out_dim) if kind == "classifier" else ImageTower(in_chans, cfg.channels, out_dim)
+def load_evaluator(kind: str, cfg: EvaluatorNetConfig, in_chans: int, out_dim: int | None, folder: str | Path) -> nn.Module:
+    """The trained classifier (out_dim = classes), image tower (out_dim = text dim) or detail autoencoder
+    (out_dim unused), in eval mode."""
+    if kind == "detail":
+        model = DenoisingAE(in_chans, cfg.channels, cfg.code_channels)
+    elif kind == "classifier":
+        model = ConvNet(in_chans, cfg.channels, out_dim)
+    else:
+        model = ImageTower(in_chans, cfg.channels, out_dim)
     model.load_state_dict(load_file(str(Path(folder) / f"{kind}.safetensors")))
     return model.eval().requires_grad_(False)
 

@@ -85,19 +85,23 @@ def table2_html(root: Path = Path(".")) -> str:
     with open(root / REPORTS / "tables" / "comparison.csv") as f:
         rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
     cols = ["model", "sampler", "steps", "nfe", "guidance", "seconds_per_image", "images_per_second", "fid",
-            "precision", "recall", "clip_score", "prompt_accuracy"]
+            "precision", "recall", "fid_detail", "precision_detail", "recall_detail", "clip_score", "prompt_accuracy"]
     head = ["model", "sampler", "steps", "NFE", "guidance", "s / image (batch 1)", "images / s (large batch)", "FID",
-            "precision", "recall", "CLIP score", "prompt accuracy"]
-    return html_table(rows, cols, head, {"seconds_per_image": 4, "images_per_second": 1, "fid": 3, "clip_score": 2,
-                                         "guidance": 1}, table_id="table2")
+            "precision", "recall", "FID (detail)", "precision (detail)", "recall (detail)", "CLIP score",
+            "prompt accuracy"]
+    return html_table(rows, cols, head, {"seconds_per_image": 4, "images_per_second": 1, "fid": 3, "fid_detail": 3,
+                                         "clip_score": 2, "guidance": 1}, table_id="table2")
 
 
 def targets_html(root: Path = Path(".")) -> str:
     """The evaluation issue's targets: value, bar, met."""
     ev = json.loads((root / REPORTS / "metrics" / "evaluate.json").read_text())
-    rows = [{"target": k, "value": v["value"], "bar": v["bar"], "met": "yes" if v["met"] else "NO"}
+    rows = [{"target": k, "value": v["value"], "bar": v["bar"], "value_detail": v.get("value_detail", "-"),
+             "bar_detail": v.get("bar_detail", "-"), "met": "yes" if v["met"] else "NO"}
             for k, v in ev["targets"].items()]
-    return (html_table(rows, ["target", "value", "bar", "met"], table_id="targets") +
+    return (html_table(rows, ["target", "value", "bar", "value_detail", "bar_detail", "met"],
+                       ["target", "value", "bar", "value (detail space)", "bar (detail space)",
+                        "met (in both spaces)"], table_id="targets") +
             f"<p>{ev['targets_met']} of {ev['targets_total']} targets met. FID noise floor (two disjoint halves of "
             f"the reference split): {ev['fid_floor_split_halves']:.3f}; {ev['num_samples']} samples per row, "
             f"{H.escape(ev['fid_features'])} features, CLIP score with the {H.escape(ev['clip_model'])}.</p>")
@@ -113,12 +117,15 @@ def table1_html(order: list[str] | None = None, root: Path = Path(".")) -> str:
     for name in order or list(t1):
         t = t1[name]
         rows = [{"row": r["row"], "seeds": r["seeds"], "fid": _cell(r, "fid", 2), "precision": _cell(r, "precision", 3),
-                 "recall": _cell(r, "recall", 3), "clip_score": _cell(r, "clip_score", 2),
+                 "recall": _cell(r, "recall", 3), "fid_detail": _cell(r, "fid_detail", 2),
+                 "recall_detail": _cell(r, "recall_detail", 3), "clip_score": _cell(r, "clip_score", 2),
                  "prompt_accuracy": _cell(r, "prompt_accuracy", 3),
                  "paper_fid": "-" if r.get("paper_fid") is None else f"{r['paper_fid']:g}"} for r in t["rows"]]
         parts.append(f"<h3>{H.escape(TITLES.get(name, name))}</h3>" + html_table(
-            rows, ["row", "seeds", "fid", "precision", "recall", "clip_score", "prompt_accuracy", "paper_fid"],
-            ["row", "seeds", "FID", "precision", "recall", "CLIP score", "prompt accuracy", "paper's FID (COCO)"],
+            rows, ["row", "seeds", "fid", "precision", "recall", "fid_detail", "recall_detail", "clip_score",
+                   "prompt_accuracy", "paper_fid"],
+            ["row", "seeds", "FID", "precision", "recall", "FID (detail)", "recall (detail)", "CLIP score",
+             "prompt accuracy", "paper's FID (COCO)"],
             table_id=f"table1-{name}") + f"<p>{H.escape(t['sentence'])}</p>")
     return "\n".join(parts)
 

@@ -68,6 +68,10 @@ M = [
  ("CD: sampler ignores the consistency function", [("addlib/sampling.py", "            x0 = x0_fn(x, v, t)", "            x0 = schedule.x0_from_output(x, v, t)")], "tests/test_consistency.py"),
  ("CD: target network updated after the step's loss is skipped", [("addlib/consistency.py", "        target_ema.copy_to(target_net)\n", "")], "tests/test_consistency.py"),
  ("realism: outliers kept", [("addlib/metrics.py", "    keep = radii <= radii.median()", "    keep = radii >= 0")], "tests/test_metrics.py"),
+ ("targets judged in the classifier's space only", [("addlib/evaluation.py", '        out["met"] = out["met"] and out["met_detail"]\n', "")], "tests/test_evaluation.py"),
+ ("detail space scored against the classifier's reference", [("addlib/evaluation.py", "self.space(M.extract(self.detail, images), self.detail_ref_feats)", "self.space(M.extract(self.features, images), self.ref_feats)")], "tests/test_evaluation.py"),
+ ("detail autoencoder trained on augmented images", [("addlib/evaluators.py", "            x = x_train[idx].to(accelerator.device)  # blurs", "            x = _augment(x_train[idx], g).to(accelerator.device)  # blurs")], "tests/test_evaluators.py"),
+ ("detail autoencoder without input noise", [("addlib/evaluators.py", "loss = F.mse_loss(model_p(x + cfg.noise * torch.randn(x.shape, generator=g).to(x.device)), x)", "loss = F.mse_loss(model_p(x), x)")], "tests/test_evaluators.py"),
 ]
 only = sys.argv[1:]
 for name, edits, tests in M:

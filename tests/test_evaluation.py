@@ -61,9 +61,10 @@ def test_teacher_generator_matches_sample_teacher(tiny):
     assert torch.allclose(x, ref, atol=1e-5)
 
 
-def _scorer(real):
+def _scorer(real, detail=None):
     feats = lambda x: x.flatten(1).double()  # noqa: E731
-    return E.Scorer(feats, lambda x: x.flatten(1), lambda x: (x.flatten(1)[:, 0] > 0).long(), feats(real), pr_k=3)
+    return E.Scorer(feats, lambda x: x.flatten(1), lambda x: (x.flatten(1)[:, 0] > 0).long(), feats(real), pr_k=3,
+                    detail=detail, detail_ref_feats=None if detail is None else detail(real))
 
 
 def test_scorer_on_the_reference_itself(tiny):
@@ -76,6 +77,13 @@ def test_scorer_on_the_reference_itself(tiny):
     assert s["clip_score"] == pytest.approx(100.0) and s["prompt_accuracy"] == 1.0
     shifted = _scorer(real)(real + 3.0, p)
     assert shifted["fid"] == pytest.approx(4 * 9.0, rel=0.05)  # mean shift of 3 in 4 dims: |dmu|^2 = 36
+    assert s["fid_detail"] != s["fid_detail"]  # no detail space: NaN, not a number that looks measured
+    # the second space scores the same images in its own features: here the first two pixels, doubled
+    two = lambda x: 2 * x.flatten(1)[:, :2].double()  # noqa: E731
+    s2 = _scorer(real, two)(real + torch.tensor([[[[1.0, 0.0], [5.0, 5.0]]]]), p)
+    assert s2["fid"] == pytest.approx(1 + 2 * 25.0, rel=0.05)  # classifier space: |dmu|^2 = 1 + 25 + 25
+    assert s2["fid_detail"] == pytest.approx(4.0, rel=0.05)    # detail space: only the first pixel moved, by 2
+    assert 0 <= s2["precision_detail"] <= 1 and 0 <= s2["recall_detail"] <= 1
 
 
 def test_choose_guidance_takes_the_lowest_heldout_fid():
@@ -108,8 +116,8 @@ def test_targets_from_a_hand_made_table():
             _row("teacher", "ddim", 8, 10.0), _row("teacher", "ddim", 50, 4.0, recall=0.6, acc=0.95, clip=41.0,
                                                                   spi=1.0, ips=2.0, w=2.0),
             _row("student", "add", 1, 20.0, recall=0.40, acc=0.94, clip=39.5, spi=0.03, ips=100.0),
-            _row("student", "add", 4, 22.0)]
-    t = E.check_targets(rows)
+            _row("student", "add", 2, 21.0), _row("student", "add", 4, 22.0)]
+    t = E.check_targets(rows)  # a table scored in the classifier's space only: judged there
     assert t["student1_fid_below_teacher4_best"] == {"value": 20.0, "bar": 25.0, "met": True}
     assert t["student1_fid_at_most_quarter_teacher1"]["bar"] == 45.0 and t["student1_fid_at_most_quarter_teacher1"]["met"]
     assert not t["student1_fid_below_teacher8_best (stretch)"]["met"]
@@ -119,7 +127,30 @@ def test_targets_from_a_hand_made_table():
     assert not t["student1_clip_score_within_1pt_teacher50"]["met"]  # 1.5 points below
     assert t["speedup_large_batch_at_least_40x"]["value"] == pytest.approx(50.0) and t["speedup_large_batch_at_least_40x"]["met"]
     assert t["speedup_batch1_at_least_25x"]["value"] == pytest.approx(1 / 0.03) and t["speedup_batch1_at_least_25x"]["met"]
-    assert not t["student4_fid_at_most_student1"]["met"]
+    assert not t["student_fid_4_at_most_2_at_most_1_steps"]["met"]  # 22 > 21
+    assert t["student4_recall_at_least_0.9_student1"]["bar"] == pytest.approx(0.36)
+    assert "met_detail" not in t["student1_fid_below_teacher4_best"]
+
+
+def test_targets_hold_in_both_feature_spaces():
+    def row(model, sampler, steps, fid, fid_d, recall=0.5, recall_d=0.5):
+        return {**_row(model, sampler, steps, fid, recall=recall), "fid_detail": fid_d, "recall_detail": recall_d}
+
+    rows = [row("teacher", "ddim", 4, 30.0, 3.0), row("teacher", "dpmsolver++", 4, 25.0, 5.0),
+            row("student", "add", 1, 20.0, 4.0), row("student", "add", 2, 19.0, 3.5),
+            row("student", "add", 4, 18.0, 3.6, recall=0.5, recall_d=0.44)]
+    t = E.check_targets(rows)
+    beat = t["student1_fid_below_teacher4_best"]
+    # each space takes its own best 4-step teacher: dpmsolver++ (25) in one, ddim (3.0) in the other
+    assert (beat["value"], beat["bar"], beat["met"]) == (20.0, 25.0, False)
+    assert (beat["value_detail"], beat["bar_detail"], beat["met_detail"]) == (4.0, 3.0, False)
+    steps = t["student_fid_4_at_most_2_at_most_1_steps"]
+    assert steps["met_detail"] is False and steps["met"] is False  # 3.6 > 3.5 in the detail space only
+    recall = t["student4_recall_at_least_0.9_student1"]
+    assert recall["met_detail"] is False and recall["met"] is False  # 0.44 < 0.45 in the detail space only
+    rows[-1].update(fid_detail=3.4, recall_detail=0.46)
+    t = E.check_targets(rows)
+    assert t["student_fid_4_at_most_2_at_most_1_steps"]["met"] and t["student4_recall_at_least_0.9_student1"]["met"]
 
 
 def test_markdown_table_has_every_column_in_order():
@@ -134,7 +165,7 @@ def test_headline_metrics_are_few_flat_numbers():
             [("ddim", 4, 1.4), ("dpmsolver++", 4, 1.1), ("ddim", 8, 0.5)]] + \
            [{"model": "student", "sampler": "add", "steps": k, "fid": f} for k, f in [(1, 0.68), (4, 0.61)]]
     targets = {"speedup_batch1_at_least_25x": {"value": 87.366, "bar": 25.0, "met": True},
-               "student4_fid_at_most_student1": {"value": 0.61, "bar": 0.68, "met": True},
+               "student_fid_4_at_most_2_at_most_1_steps": {"value": 0.61, "bar": 0.68, "met": True},
                "student1_fid_below_teacher8_best (stretch)": {"value": 0.68, "bar": 0.5, "met": False}}
     h = E.headline(rows, targets)
     assert h == {"student_fid_1step": 0.68, "student_fid_4step": 0.61, "teacher_best_fid_4step": 1.1,

@@ -42,9 +42,9 @@ def _data(n=24):
     return pattern[y], y
 
 
-@pytest.mark.parametrize("kind", ["classifier", "clip"])
+@pytest.mark.parametrize("kind", ["classifier", "clip", "detail"])
 def test_two_steps_then_resume_equals_uninterrupted_and_loads_back(tmp_path, smoke_params, kind):
-    cfg = smoke_params.evaluators.classifier if kind == "classifier" else smoke_params.evaluators.clip
+    cfg = getattr(smoke_params.evaluators, kind)
     x, y = _data()
     text = torch.randn(3, 16, generator=torch.Generator().manual_seed(1)) if kind == "clip" else None
     run = lambda out, ck, **kw: E.train_evaluator(kind, cfg, 0, x, y, text, out, ck, progress=False, **kw)  # noqa: E731
@@ -55,7 +55,7 @@ def test_two_steps_then_resume_equals_uninterrupted_and_loads_back(tmp_path, smo
     assert [r["loss"] for r in resumed["history"]] == pytest.approx([r["loss"] for r in full["history"]])
     for p, q in zip(full["model"].state_dict().values(), resumed["model"].state_dict().values()):
         assert torch.equal(p, q)
-    out_dim = 3 if kind == "classifier" else 16
+    out_dim = {"classifier": 3, "clip": 16, "detail": None}[kind]
     loaded = E.load_evaluator(kind, cfg, 1, out_dim, tmp_path / "a")
     assert not loaded.training
     assert torch.allclose(loaded(x[:4]), full["model"].eval()(x[:4]))
@@ -67,6 +67,38 @@ def test_classifier_learns_three_patterns(smoke_params, tmp_path):
     x, y = _data()
     m = E.train_evaluator("classifier", cfg, 0, x, y, None, tmp_path, tmp_path / "ck", progress=False)["model"]
     assert float((m(x).argmax(1) == y).float().mean()) == 1.0
+
+
+def test_the_detail_autoencoder_denoises_and_its_code_sees_blur(smoke_params, tmp_path):
+    """Trained on three patterns, the autoencoder removes most of the input noise, its code is channels x
+    (H / 2^levels)^2 wide, and a blurred pattern lands far from the sharp one in code space (the point of the
+    detail space), while a second noisy copy of the sharp pattern stays close."""
+    import dataclasses
+
+    cfg = dataclasses.replace(smoke_params.evaluators.detail, channels=[8, 16], code_channels=16, steps=200, lr=5e-3,
+                              checkpoint_every=1000, noise=0.2)
+    x, _ = _data()
+    run = E.train_evaluator("detail", cfg, 0, x, None, None, tmp_path, tmp_path / "ck", progress=False)
+    ae = run["model"]
+    # the objective, by hand: the first step's loss is the initial network's MSE to x from x + noise * eps
+    from addlib.training import batch_indices, step_generator
+    stream = 0 * 31 + 3
+    torch.manual_seed(stream)
+    ae0 = E.DenoisingAE(1, cfg.channels, cfg.code_channels)
+    xb = x[batch_indices(0, len(x), cfg.batch_size, stream)]
+    eps = torch.randn(xb.shape, generator=step_generator(stream, 0))
+    with torch.no_grad():
+        assert run["history"][0]["loss"] == pytest.approx(
+            float(torch.nn.functional.mse_loss(ae0(xb + cfg.noise * eps), xb)), rel=1e-5)
+    g = torch.Generator().manual_seed(3)
+    noisy = x + 0.2 * torch.randn(x.shape, generator=g)
+    with torch.no_grad():
+        assert torch.nn.functional.mse_loss(ae(noisy), x) < 0.5 * torch.nn.functional.mse_loss(noisy, x)
+        code = ae.embed(x[:3])
+        assert code.shape == (3, cfg.code_channels * (8 // 2 ** len(cfg.channels)) ** 2)
+        blurred = torch.nn.functional.avg_pool2d(x[:3], 3, stride=1, padding=1, count_include_pad=False)
+        other_noise = ae.embed(x[:3] + 0.05 * torch.randn(x[:3].shape, generator=g))
+        assert ((ae.embed(blurred) - code).norm(dim=1) > 2 * (other_noise - code).norm(dim=1)).all()
 
 
 def test_zero_shot_accuracy_reads_the_nearest_class_text():

@@ -143,7 +143,9 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     ev = json.loads((repo / "reports/evaluators/metrics.json").read_text())
     assert ev["classifier"]["steps"] == 3 and 0 <= ev["classifier"]["holdout_accuracy"] <= 1
     assert ev["clip"]["steps"] == 3 and 0 <= ev["clip"]["holdout_zero_shot_accuracy"] <= 1
-    for f in ["models/evaluators/classifier.safetensors", "models/evaluators/clip.safetensors"]:
+    assert ev["detail"]["steps"] == 3 and ev["detail"]["feature_dim"] == 4 * 2 * 2  # code 4 x (8 / 2^2)^2
+    for f in ["models/evaluators/classifier.safetensors", "models/evaluators/clip.safetensors",
+              "models/evaluators/detail.safetensors"]:
         assert (repo / f).is_file(), f
     # evaluate: every row of the comparison, every column, finite metrics, targets computed
     from addlib.evaluation import COLUMNS
@@ -158,7 +160,7 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert [(r["model"], r["sampler"], int(r["steps"])) for r in rows] == expected
     for r in rows:
         for c in ["nfe", "guidance", "seconds_per_image", "images_per_second", "fid", "precision", "recall",
-                  "clip_score", "prompt_accuracy"]:
+                  "fid_detail", "precision_detail", "recall_detail", "clip_score", "prompt_accuracy"]:
             assert math.isfinite(float(r[c])), (r, c)
         assert float(r["guidance"]) in smoke["guidance_candidates"]
     ev = json.loads((repo / "reports/metrics/evaluate.json").read_text())
@@ -170,7 +172,7 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert set(ev["zero_shot_rows"]) == {f"student/add/{k}" for k in smoke["student_steps"]}  # zero-shot prompts
     assert all(math.isfinite(r["fid"]) for r in ev["zero_shot_rows"].values())
     calib = json.loads((repo / "reports/metrics/calibration.json").read_text())  # every set, every metric
-    assert len(calib) == 8 and all(math.isfinite(r["fid"]) for r in calib.values())
+    assert len(calib) == 8 and all(math.isfinite(r["fid"]) and math.isfinite(r["fid_detail"]) for r in calib.values())
     for f in ["reports/evaluate/fid_vs_nfe.png", "reports/evaluate/quality_vs_time.png", "reports/evaluate/figure4.png",
               "reports/executed/evaluate.ipynb", "reports/executed/evaluators.ipynb"]:
         assert (repo / f).is_file(), f

@@ -1,5 +1,6 @@
-"""Stage evaluators: train the metrics' own networks, the classifier (FID features, prompt accuracy) and the
-CLIP image tower (CLIP score), apart from the discriminator's F so the student cannot game the metric."""
+"""Stage evaluators: train the metrics' own networks, the classifier (FID features, prompt accuracy), the
+CLIP image tower (CLIP score) and the detail space's denoising autoencoder (the second FID and precision/recall
+space), apart from the discriminator's F so the student cannot game the metric."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,6 +57,18 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
         metrics["clip"]["holdout_zero_shot_accuracy"] = zero_shot_accuracy(tower, hold.pixels(), hold.labels,
                                                                           class_text_embeddings(train, cache))
     curves["image tower CLIP loss"] = trained["history"]
+    trained = train_evaluator("detail", cfg.detail, p.seed, train.pixels(), None, None, model_dir,
+                              root / CHECKPOINTS / "evaluators" / "detail", progress=progress,
+                              num_threads=cfg.num_threads)
+    ae = trained["model"]
+    trained_in.append(trained["checkpoints"])
+    x = hold.pixels()
+    noisy = x + cfg.detail.noise * torch.randn(x.shape, generator=torch.Generator().manual_seed(p.seed))
+    metrics["detail"] = {"steps": trained["steps"], "train_seconds": trained["train_seconds"],
+                         "feature_dim": int(batched(ae.embed, x[:2]).shape[1]),
+                         "holdout_denoising_mse": float(torch.nn.functional.mse_loss(batched(ae, noisy), x)),
+                         "holdout_noisy_input_mse": float(torch.nn.functional.mse_loss(noisy, x))}
+    curves["detail autoencoder denoising MSE"] = trained["history"]
     fig_steps = max(curves.values(), key=len)
     plots.loss_curve([r["step"] for r in fig_steps],
                      {k: [r["loss"] for r in v] + [float("nan")] * (len(fig_steps) - len(v)) for k, v in curves.items()},

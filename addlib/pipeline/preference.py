@@ -5,7 +5,8 @@ and Elo per source of votes, the paper's bars and its Elo-against-speed plot.
 
 The automatic raters use only the evaluation's networks (never the discriminator's F or anything a student was
 trained against): prompt following is the in-domain classifier's probability of the prompted digit; image quality
-is the realism score (Kynkaanniemi et al. 2019) in the FID feature space against the reference split. Each is
+is the realism score (Kynkaanniemi et al. 2019) in the detail space (the evaluators stage's denoising
+autoencoder) against the reference split. Each is
 checked on real images: a held-out real image of the prompted digit against the teacher's 1-step sample (the rater
 should prefer the real one almost always) and against another held-out real one (near 50%).
 """
@@ -63,8 +64,8 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
             prob = torch.cat([sc.logits(x[i:i + 500]).softmax(1) for i in range(0, len(x), 500)])
         return prob[torch.arange(len(x)), labels]
 
-    def quality_score(x):
-        return realism_score(sc.ref_feats, extract(sc.feat_fn, x), cfg.realism_k).clamp_min(1e-6).log()
+    def quality_score(x):  # in the detail space: the classifier's features barely see blur or lost strokes
+        return realism_score(sc.scorer.detail_ref_feats, extract(sc.scorer.detail, x), cfg.realism_k).clamp_min(1e-6).log()
 
     scores = {"prompt": {}, "quality": {}}
     for m, x in images.items():

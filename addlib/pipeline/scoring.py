@@ -68,6 +68,8 @@ def scoring(ds: D.Dataset, cache: TextCache, ev_cfg: C.EvaluatorsConfig, cfg: C.
     else:
         image_emb, clip_text = load_evaluator("clip", ev_cfg.clip, shape[0], cache.pooled.shape[1], ev_dir), None
     classify = (lambda x: classifier(x).argmax(1)) if classifier is not None else None
+    detail = load_evaluator("detail", ev_cfg.detail, shape[0], None, ev_dir).embed
     ref_feats, sel_feats = extract(feat_fn, ref.pixels()), extract(feat_fn, sel.pixels())
-    scorer = E.Scorer(feat_fn, image_emb, classify, ref_feats, cfg.pr_k, pr_seed=cfg.seed)
+    scorer = E.Scorer(feat_fn, image_emb, classify, ref_feats, cfg.pr_k, pr_seed=cfg.seed, detail=detail,
+                      detail_ref_feats=extract(detail, ref.pixels()))
     return Scoring(ref, sel, feat_fn, feat_name, ref_feats, sel_feats, scorer, clip_text, classifier)
