@@ -68,6 +68,9 @@ M = [
  ("CD: sampler ignores the consistency function", [("addlib/sampling.py", "            x0 = x0_fn(x, v, t)", "            x0 = schedule.x0_from_output(x, v, t)")], "tests/test_consistency.py"),
  ("CD: target network updated after the step's loss is skipped", [("addlib/consistency.py", "        target_ema.copy_to(target_net)\n", "")], "tests/test_consistency.py"),
  ("realism: outliers kept", [("addlib/metrics.py", "    keep = radii <= radii.median()", "    keep = radii >= 0")], "tests/test_metrics.py"),
+ ("export: the student's zero-SNR schedule dropped", [("addlib/export.py", "rescale_betas_zero_snr=zero_terminal_snr or schedule.rescale_zero_terminal_snr", "rescale_betas_zero_snr=schedule.rescale_zero_terminal_snr")], "tests/test_export.py"),
+ ("export: LCM's default 50-step grid", [("addlib/export.py", "original_inference_steps=n,", "original_inference_steps=50,")], "tests/test_export.py"),
+ ("export: the pipeline's prompt encoding without the attention mask", [("addlib/export.py", "attention_mask=self.config.use_attention_mask)", "attention_mask=False)")], "tests/test_export.py"),
 ]
 only = sys.argv[1:]
 for name, edits, tests in M:
