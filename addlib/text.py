@@ -54,10 +54,22 @@ class TextEncoder(torch.nn.Module):
         model_dir, tok_dir = folder, folder
         if (folder / "text_encoder").is_dir():  # a diffusers pipeline folder
             model_dir, tok_dir = folder / "text_encoder", folder / "tokenizer"
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-        self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval().requires_grad_(False)
+        self._use(AutoTokenizer.from_pretrained(tok_dir, local_files_only=True),
+                  AutoModel.from_pretrained(model_dir, local_files_only=True), max_length, pooling, attention_mask)
+
+    def _use(self, tokenizer, model, max_length: int, pooling: str, attention_mask: bool) -> None:
+        self.tokenizer, self.model = tokenizer, model.eval().requires_grad_(False)
         self.max_length, self.pooling, self.attention_mask = max_length, pooling, attention_mask
         self.dim = int(self.model.config.hidden_size)
+
+    @classmethod
+    def from_modules(cls, tokenizer, model, max_length: int = 16, pooling: str = "mean",
+                     attention_mask: bool = True) -> "TextEncoder":
+        """From an already loaded tokenizer and transformers model (a diffusers pipeline's components)."""
+        enc = cls.__new__(cls)
+        torch.nn.Module.__init__(enc)
+        enc._use(tokenizer, model, max_length, pooling, attention_mask)
+        return enc
 
     @classmethod
     def from_config(cls, cfg) -> "TextEncoder":

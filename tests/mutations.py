@@ -72,6 +72,9 @@ M = [
  ("detail space scored against the classifier's reference", [("addlib/evaluation.py", "self.space(M.extract(self.detail, images), self.detail_ref_feats)", "self.space(M.extract(self.features, images), self.ref_feats)")], "tests/test_evaluation.py"),
  ("detail autoencoder trained on augmented images", [("addlib/evaluators.py", "            x = x_train[idx].to(accelerator.device)  # blurs", "            x = _augment(x_train[idx], g).to(accelerator.device)  # blurs")], "tests/test_evaluators.py"),
  ("detail autoencoder without input noise", [("addlib/evaluators.py", "loss = F.mse_loss(model_p(x + cfg.noise * torch.randn(x.shape, generator=g).to(x.device)), x)", "loss = F.mse_loss(model_p(x), x)")], "tests/test_evaluators.py"),
+ ("export: the student's zero-SNR schedule dropped", [("addlib/export.py", "rescale_betas_zero_snr=zero_terminal_snr or schedule.rescale_zero_terminal_snr", "rescale_betas_zero_snr=schedule.rescale_zero_terminal_snr")], "tests/test_export.py"),
+ ("export: LCM's default 50-step grid", [("addlib/export.py", "original_inference_steps=n,", "original_inference_steps=50,")], "tests/test_export.py"),
+ ("export: the pipeline's prompt encoding without the attention mask", [("addlib/export.py", "attention_mask=self.config.use_attention_mask)", "attention_mask=False)")], "tests/test_export.py"),
 ]
 only = sys.argv[1:]
 for name, edits, tests in M:
