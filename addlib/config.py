@@ -704,6 +704,10 @@ class Params:
         def has(*names: str) -> bool:
             return all(getattr(self, n) is not None for n in names)
 
+        if has("teacher", "text_encoder"):
+            _check(not (self.teacher.pretrained and self.text_encoder.attention_mask), f"{where}.text_encoder."
+                   "attention_mask", "must be false with a pretrained SD-class teacher: its UNet attends to every "
+                   "token, padding included (and its diffusers pipeline passes no mask)")
         if not has("teacher", "add"):
             return
         T = self.teacher.schedule.num_train_timesteps

@@ -122,10 +122,8 @@ def export(student: str | Path, out: str | Path) -> Path:
             tokenizer=AutoTokenizer.from_pretrained(teacher / "tokenizer", local_files_only=True),
             unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False)
-        if pipe.tokenizer.model_max_length != text["max_length"]:
-            raise ValueError(f"text_encoder.max_length {text['max_length']} differs from the tokenizer's "
-                             f"model_max_length {pipe.tokenizer.model_max_length}: the pipeline would encode "
-                             "prompts unlike the student's training")
+        # the pipeline pads prompts to the tokenizer's model_max_length: the length the student was trained with
+        pipe.tokenizer.model_max_length = text["max_length"]
     else:
         folder = resolve_path(text["path"])
         if (folder / "text_encoder").is_dir():

@@ -79,6 +79,11 @@ def test_bad_values_are_one_line_errors(root, path, value, match):
     (lambda r: r["evaluate"].update(student_steps=[1, 3]), r"evaluate\.student_steps: \[3\] not possible"),
     (lambda r: r["teacher"]["schedule"].update(prediction_type="epsilon", rescale_zero_terminal_snr=False),
      r"add\.student_zero_terminal_snr: an epsilon-prediction student"),
+    (lambda r: (r["teacher"].update(pretrained="some/sd"), r["text_encoder"].update(attention_mask=True)),
+     r"text_encoder\.attention_mask: must be false with a pretrained SD-class teacher"),
+    (lambda r: r["preference"].update(comparisons=[["add@1", "teacher@3"]]),
+     r"preference\.comparisons: teacher@3: evaluate\.teacher_steps .* has no 3-step row"),
+    (lambda r: r["consistency"].update(solver_steps=30), r"consistency\.solver_steps: must divide"),
 ])
 def test_cross_section_errors_before_any_compute(root, edit, match):
     raw = _raw(root)

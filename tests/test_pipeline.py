@@ -75,6 +75,10 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     for k in ["final_loss_G", "final_loss_D", "final_loss_distill", "final_r1", "final_logits_real"]:
         assert k in add and add[k] == add[k], k  # logged and not NaN
     assert len(list((repo / "reports/add/progress").glob("step_*.png"))) == 1  # sample_every: 2 of 3 steps
+    # the student as a diffusers pipeline: loads with from_pretrained and draws (tests/test_export.py: its images)
+    from addlib.export import ADDPipeline
+    pipe = ADDPipeline.from_pretrained(repo / "models/student-pipeline")
+    assert pipe("a handwritten digit one", num_inference_steps=2, output_type="pt").images.shape == (1, 1, 8, 8)
 
     # the consistency baseline: ADD's budget, its model, grid and curve
     cd = json.loads((repo / "reports/consistency/metrics.json").read_text())

@@ -1,5 +1,6 @@
 """Stage add: ADD training (distillation.py), the student from the teacher, the discriminator on F, the
-distillation target from the teacher; then the student's grid and training curves."""
+distillation target from the teacher; then the student as a diffusers pipeline (export.py), its grid and the
+training curves."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,7 @@ from .. import data as D
 from .. import plots
 from ..diffusion import student_schedule
 from ..distillation import build_discriminator, train_add
+from ..export import export
 from ..grids import save_student_grid
 from ..latent import load_teacher
 from ..paths import CHECKPOINTS, MODELS, REPORTS, code_version, write_json
@@ -33,6 +35,7 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     resolved = sections(p, "seed", "data", "text_encoder", "teacher", "features", "add")
     C.write_resolved(resolved, model_dir / "addlib_config.json", code_version=code_version(root))
     C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
+    export(model_dir, root / MODELS / "student-pipeline")  # loads with diffusers' from_pretrained
     save_student_grid(student, student_schedule(p.teacher.schedule, cfg.student_zero_terminal_snr), cache,
                       cache.rows(cfg.sample_prompts).tolist(), cfg, [1, 2, 4], out / "samples.png",
                       "ADD student: 1, 2 and 4 steps, same noise per column", space=teacher.space)
