@@ -46,7 +46,8 @@ def test_missing_image_folder(tmp_path, root):
 
 def test_check_names_every_outside_input(tmp_path, root):
     """The check stage (first in dvc.yaml) looks at every input the pipeline reads from outside it."""
-    cwd = _project(tmp_path, root, lambda raw: raw["teacher"].update(pretrained="no/such/teacher"))
+    cwd = _project(tmp_path, root, lambda raw: (raw["teacher"].update(pretrained="no/such/teacher"),
+                                                raw["text_encoder"].update(attention_mask=False)))
     _assert_clean_failure(_run(cwd, "check"), cwd, "teacher.pretrained: folder not found: no/such/teacher")
     cwd = _project(tmp_path, root, lambda raw: raw["ablations"]["runs"]["default"]["overrides"].update(
         features={"source": "timm", "weights": "no/such/f.safetensors"}))
