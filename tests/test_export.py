@@ -90,3 +90,9 @@ def test_a_latent_student_loads_like_sd_turbo(tmp_path, smoke_params):
                    output_type="pt").images
         torch.testing.assert_close(got, (ref + 1) / 2, rtol=1e-3, atol=1e-3)
     assert json.loads((folder / "addlib_config.json").read_text())["config"]["teacher"]["pretrained"] == str(sd)
+
+
+def test_the_command_line_refuses_a_folder_that_is_not_a_student(tmp_path, capsys):
+    assert X.main(["--student", str(tmp_path / "nothing"), "--out", str(tmp_path / "pipe")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no addlib_config.json" in err[0] and not (tmp_path / "pipe").exists()
