@@ -258,7 +258,7 @@ def _check_ablations_and_report(repo: Path, log: str, tmp_path: Path) -> None:
 
     page = (repo / "reports/html/index.html").read_text()
     ids = set(re.findall(r'<table[^>]*\bid="([^"]+)"', page))  # nbconvert may reorder attributes
-    assert {"table2", "targets", "networks", "calibration", "zero-shot"} | {f"table1-{name}" for name in params["tables"]} <= ids
+    assert {"table2", "targets", "networks", "calibration", "zero-shot", "budget"} | {f"table1-{name}" for name in params["tables"]} <= ids
     assert "def " not in page and "import " not in page  # rendered without code
     assert page.count("data:image/png;base64,") >= 10  # figures inside the page
     linked = re.findall(r'href="(stages/[^"]+\.html)"', page)
