@@ -8,6 +8,8 @@ not depend on the weights), so the numbers can be measured where no checkpoint i
 profile's local checkpoint and feature network are loaded.
 
     python -m addlib.benchmark --profile profiles/sd-gpu.yaml --random --batch-sizes 4 8 --out bench.json
+    python -m addlib.benchmark --profile profiles/sdxl-gpu.yaml --random \
+        --architecture profiles/architectures/sdxl.json --batch-sizes 1 2 --out bench-sdxl.json
 """
 from __future__ import annotations
 
@@ -35,11 +37,16 @@ def random_parts(params: C.Params, arch: dict) -> tuple[Teacher, torch.nn.Module
     import timm
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    unet = UNet2DConditionModel(**arch["unet"])
-    vae = AutoencoderKL(**arch["vae"])
+    from .sdxl import SDXLUNet
+
+    vae = VAESpace(AutoencoderKL(**arch["vae"]))
+    sdxl = arch["unet"].get("addition_embed_type") == "text_time"  # SDXL-class: text_embeds packed in the states
+    unet = (SDXLUNet if sdxl else UNet2DConditionModel)(**arch["unet"])
+    if sdxl:
+        unet.register_to_config(_vae_scale_factor=vae.factor)
     f = params.features
     backbone = timm.create_model(f.timm_name, pretrained=False, num_classes=0, img_size=f.img_size)
-    return (Teacher(unet, NoiseSchedule(params.teacher.schedule), VAESpace(vae), "random"), backbone,
+    return (Teacher(unet, NoiseSchedule(params.teacher.schedule), vae, "random"), backbone,
             arch["text"]["tokens"], arch["text"]["width"])
 
 

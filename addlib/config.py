@@ -215,6 +215,18 @@ class TextEncoderConfig:
     def check_inputs(self, root: Path, where: str = "text_encoder") -> None:
         if self.path != "bundled":
             _check(Path(self.path).is_dir(), f"{where}.path", f"text encoder folder not found: {self.path}")
+            if (Path(self.path) / "text_encoder_2").is_dir():  # SDXL-class: c_text is its projected pooled output
+                _check(self.pooling == "eos" and not self.attention_mask, f"{where}",
+                       "an SDXL-class folder needs pooling: eos and attention_mask: false (as SDXL was trained)")
+
+
+def check_text_encoder_fits_teacher(text: TextEncoderConfig, teacher: "TeacherConfig", where: str = "text_encoder"
+                                    ) -> None:
+    """An SDXL-class teacher's UNet takes both of its text towers' states and its pooled embedding: the text
+    encoder must be an SDXL-class folder too (normally the teacher's own)."""
+    if teacher.pretrained and (Path(teacher.pretrained) / "text_encoder_2").is_dir():
+        _check(text.path != "bundled" and (Path(text.path) / "text_encoder_2").is_dir(), f"{where}.path",
+               f"the teacher {teacher.pretrained} is SDXL-class: use its own text encoders (set this to its folder)")
 
 
 @dataclasses.dataclass
@@ -306,7 +318,7 @@ class SampleConfig:
 @dataclasses.dataclass
 class TeacherConfig:
     # A local diffusers text-to-image folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/; SD 1.5/2.1
-    # class) used as the teacher instead of training one: the `teacher` stage then only records and samples
+    # class; SDXL class with text_encoder_2/ and tokenizer_2/ too) used as the teacher instead of training one: the `teacher` stage then only records and samples
     # it, and `unet`/`train` are unused. null = train the pixel-space teacher below.
     pretrained: Optional[str]
     unet: UNetConfig
@@ -328,7 +340,8 @@ PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 def check_pipeline_folder(folder: Path, where: str = "teacher.pretrained") -> None:
     if not folder.is_dir():
         raise ConfigError(f"{where}: folder not found: {folder}")
-    missing = [p for p in PIPELINE_PARTS if not (folder / p).is_dir()]
+    parts = PIPELINE_PARTS + (("text_encoder_2", "tokenizer_2") if (folder / "text_encoder_2").is_dir() else ())
+    missing = [p for p in parts if not (folder / p).is_dir()]
     if missing:
         raise ConfigError(f"{where}: {folder} is not a diffusers text-to-image folder (missing {', '.join(m + '/' for m in missing)})")
 

@@ -9,7 +9,9 @@ timesteps (its timestep grid is then the student's: 999, 749, 499, 249) and a ``
 that c_skip is below float precision. ``set_timesteps(k)`` then gives the student's k-step timesteps.
 
 - A latent teacher (a local SD 1.5 / 2.1 folder): a ``StableDiffusionPipeline`` folder with the teacher's VAE,
-  text encoder and tokenizer, the student's UNet and that scheduler, so that
+  text encoder and tokenizer, the student's UNet and that scheduler (an SDXL-class folder: a
+  ``StableDiffusionXLPipeline`` with both text towers; diffusers then computes SDXL's added conditioning, which
+  the library packs into the text states, sdxl.py), so that
   ``AutoPipelineForText2Image.from_pretrained(out)(prompt, num_inference_steps=1, guidance_scale=0.0)`` works
   as it does for SD-Turbo.
 - The embedded default (pixel space, the MiniLM text encoder): :class:`ADDPipeline`, a ``DiffusionPipeline``
@@ -103,27 +105,46 @@ def export(student: str | Path, out: str | Path) -> Path:
     schedule = C.from_dict(C.ScheduleConfig, resolved["teacher"]["schedule"], "teacher.schedule")
     add = resolved["add"]
     scheduler = add_scheduler(schedule, add.get("student_zero_terminal_snr", False), add["student_timesteps"])
-    unet = UNet2DConditionModel.from_pretrained(student)
+    unet = UNet2DConditionModel.from_pretrained(student)  # a plain diffusers UNet, SDXL-class ones included
     text = resolved["text_encoder"]
     pretrained = resolved["teacher"].get("pretrained")
     if out.exists():
         shutil.rmtree(out)
     if pretrained:  # the teacher's own pipeline, with the student's UNet and the few-step scheduler
-        from diffusers import StableDiffusionPipeline
-
-        teacher = Path(pretrained)
-        if (teacher / "text_encoder_2").is_dir():
-            raise ValueError(f"{teacher}: an SDXL folder; exporting SDXL students is not supported yet")
         from diffusers import AutoencoderKL
 
-        pipe = StableDiffusionPipeline(
-            vae=AutoencoderKL.from_pretrained(teacher / "vae", local_files_only=True),
-            text_encoder=AutoModel.from_pretrained(teacher / "text_encoder", local_files_only=True),
-            tokenizer=AutoTokenizer.from_pretrained(teacher / "tokenizer", local_files_only=True),
-            unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False)
+        teacher = Path(pretrained)
+        load = dict(local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(teacher / "vae", **load)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        data = resolved.get("data")
+        if data:  # the pipeline's default size: the one the student was trained at
+            unet.register_to_config(sample_size=data["resolution"] // factor)
+        if (teacher / "text_encoder_2").is_dir():  # SDXL-class: diffusers computes the added conditioning
+            from diffusers import StableDiffusionXLPipeline
+            from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+            index = json.loads((teacher / "model_index.json").read_text()) if (teacher / "model_index.json").is_file() else {}
+            pipe = StableDiffusionXLPipeline(
+                vae=vae, text_encoder=CLIPTextModel.from_pretrained(teacher / "text_encoder", **load),
+                text_encoder_2=CLIPTextModelWithProjection.from_pretrained(teacher / "text_encoder_2", **load),
+                tokenizer=AutoTokenizer.from_pretrained(teacher / "tokenizer", **load),
+                tokenizer_2=AutoTokenizer.from_pretrained(teacher / "tokenizer_2", **load),
+                unet=unet, scheduler=scheduler, add_watermarker=False,
+                force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True))
+            tokenizers = [pipe.tokenizer, pipe.tokenizer_2]
+        else:
+            from diffusers import StableDiffusionPipeline
+
+            pipe = StableDiffusionPipeline(
+                vae=vae, text_encoder=AutoModel.from_pretrained(teacher / "text_encoder", **load),
+                tokenizer=AutoTokenizer.from_pretrained(teacher / "tokenizer", **load),
+                unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False)
+            tokenizers = [pipe.tokenizer]
         # the pipeline pads prompts to the tokenizer's model_max_length: the length the student was trained with
-        pipe.tokenizer.model_max_length = text["max_length"]
+        for tokenizer in tokenizers:
+            tokenizer.model_max_length = text["max_length"]
     else:
         folder = resolve_path(text["path"])
         if (folder / "text_encoder").is_dir():

@@ -26,12 +26,14 @@ import torch
 
 from .config import ConfigError, TeacherConfig, check_pipeline_folder, check_schedule  # noqa: F401 (re-exported)
 from .diffusion import NoiseSchedule
+from .models import load_unet
 
 
 class PixelSpace(torch.nn.Module):
     """The identity: the UNet works on pixels."""
 
     latent = False
+    factor = 1  # pixels per UNet input position
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -89,14 +91,14 @@ class Teacher:
 def load_pretrained(cfg: TeacherConfig, folder: str | Path) -> Teacher:
     """A local diffusers text-to-image folder -> Teacher (UNet, schedule from params checked against the
     checkpoint, VAE space)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL
 
     folder = Path(folder)
     check_pipeline_folder(folder)
     check_schedule(cfg.schedule, folder)
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)  # never the network
-    vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
-    return Teacher(unet, NoiseSchedule(cfg.schedule), VAESpace(vae), str(folder))
+    space = VAESpace(AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True))  # never the network
+    unet = load_unet(folder / "unet", space.factor)  # SDXL-class: an sdxl.SDXLUNet
+    return Teacher(unet, NoiseSchedule(cfg.schedule), space, str(folder))
 
 
 def load_teacher(cfg: TeacherConfig, model_dir: str | Path) -> Teacher:
@@ -104,7 +106,4 @@ def load_teacher(cfg: TeacherConfig, model_dir: str | Path) -> Teacher:
     (saved in ``model_dir``)."""
     if cfg.pretrained:
         return load_pretrained(cfg, cfg.pretrained)
-    from diffusers import UNet2DConditionModel
-
-    return Teacher(UNet2DConditionModel.from_pretrained(model_dir), NoiseSchedule(cfg.schedule), PixelSpace(),
-                   "trained")
+    return Teacher(load_unet(model_dir), NoiseSchedule(cfg.schedule), PixelSpace(), "trained")

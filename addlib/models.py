@@ -7,6 +7,9 @@ diffusers model. On a CPU, cross-attention at the highest resolution roughly dou
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from diffusers import UNet2DConditionModel
 
@@ -31,6 +34,19 @@ def build_unet(cfg: UNetConfig, resolution: int, channels: int, cross_attention_
         attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=cfg.norm_num_groups,
     )
+
+
+def load_unet(path: str | Path, vae_scale_factor: int | None = None) -> UNet2DConditionModel:
+    """A saved UNet folder (a trained teacher or student, a pipeline's ``unet/``); an SDXL-class one (added
+    ``text_time`` conditioning) as :class:`sdxl.SDXLUNet`, with ``vae_scale_factor`` (its VAE's) recorded."""
+    if json.loads((Path(path) / "config.json").read_text()).get("addition_embed_type") == "text_time":
+        from .sdxl import SDXLUNet
+
+        unet = SDXLUNet.from_pretrained(path, local_files_only=True)
+        if vae_scale_factor is not None:
+            unet.register_to_config(_vae_scale_factor=int(vae_scale_factor))
+        return unet
+    return UNet2DConditionModel.from_pretrained(path, local_files_only=True)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .diffusion import NoiseSchedule
+from .models import load_unet
 from .timesteps import student_step_counts, trailing_timesteps  # noqa: F401 (re-exported)
 
 
@@ -125,17 +126,17 @@ class ADDSampler:
     :func:`student_step_counts` (1, 2 or 4 for the default timesteps); other counts are a one-line error.
     """
 
-    def __init__(self, unet, schedule: NoiseSchedule, encoder, student_timesteps: list[int], space=None):
+    def __init__(self, unet, schedule: NoiseSchedule, encoder, student_timesteps: list[int], space=None,
+                 shape: tuple[int, ...] | None = None):
         self.unet, self.schedule, self.encoder = unet.eval(), schedule, encoder
         self.student_timesteps = list(student_timesteps)
         self.space = space
+        self.shape = tuple(shape) if shape else unet_input_shape(unet)  # the UNet's input (C, H, W)
 
     @classmethod
     def from_pretrained(cls, path, device: str = "cpu") -> "ADDSampler":
         import json
         from pathlib import Path
-
-        from diffusers import UNet2DConditionModel
 
         from . import config as C
         from .diffusion import student_schedule
@@ -145,7 +146,6 @@ class ADDSampler:
         teacher_schedule = C.from_dict(C.ScheduleConfig, resolved["teacher"]["schedule"], "schedule")
         schedule = student_schedule(teacher_schedule, resolved["add"].get("student_zero_terminal_snr", False))
         text = C.from_dict(C.TextEncoderConfig, resolved["text_encoder"], "text_encoder")
-        unet = UNet2DConditionModel.from_pretrained(path).to(device)
         space = None
         if resolved["teacher"].get("pretrained"):  # a latent teacher: decode with its VAE
             from diffusers import AutoencoderKL
@@ -153,7 +153,13 @@ class ADDSampler:
             from .latent import VAESpace
 
             space = VAESpace(AutoencoderKL.from_pretrained(Path(resolved["teacher"]["pretrained"]) / "vae")).to(device)
-        return cls(unet, schedule, TextEncoder.from_config(text), resolved["add"]["student_timesteps"], space)
+        unet = load_unet(path, space.factor if space else None).to(device)
+        data = resolved.get("data")
+        shape = None
+        if data:  # the size the student was trained at (a pretrained UNet's sample_size may be another)
+            pixels = (data["channels"], data["resolution"], data["resolution"])
+            shape = space.latent_shape(pixels) if space else pixels
+        return cls(unet, schedule, TextEncoder.from_config(text), resolved["add"]["student_timesteps"], space, shape)
 
     def timesteps(self, steps: int) -> list[int]:
         return student_timesteps(steps, self.student_timesteps, self.schedule.T)
@@ -162,7 +168,7 @@ class ADDSampler:
     def __call__(self, prompts: str | list[str], steps: int = 1, seed: int = 0) -> torch.Tensor:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         states, mask, _ = self.encoder(prompts)
-        noise = initial_noise(len(prompts), unet_input_shape(self.unet), seed)
+        noise = initial_noise(len(prompts), self.shape, seed)
         return sample_student(self.unet, self.schedule, states, mask, noise, self.timesteps(steps), seed=seed,
                               space=self.space)
 

@@ -111,6 +111,7 @@ def check_stage(stage: str, params_path: Path, root: Path, key: str | None = Non
         cfg.data.check_inputs(root)
         cfg.text_encoder.check_inputs(root)
         cfg.teacher.check_inputs(root)
+        C.check_text_encoder_fits_teacher(cfg.text_encoder, cfg.teacher)
         cfg.features.check_inputs(root)
         cfg.evaluate.check_inputs(root)
         for name in cfg.ablations.runs:  # each run's own inputs (e.g. another F's weights)

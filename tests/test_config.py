@@ -17,6 +17,14 @@ def test_default_and_smoke_params_parse(root, smoke_params):
     assert smoke_params.text_encoder == default.text_encoder
 
 
+@pytest.mark.parametrize("profile", ["quickstart", "sd-gpu", "sdxl-gpu"])
+def test_every_profile_merges_into_valid_params(root, profile):
+    p = config.load(root / "params.yaml", root / "profiles" / f"{profile}.yaml")
+    if profile.endswith("-gpu"):  # the stock checkpoints' schedules; an epsilon student on it (SDXL), else v at 0 SNR
+        assert not p.teacher.schedule.rescale_zero_terminal_snr and p.teacher.pretrained == p.text_encoder.path
+        assert p.add.student_zero_terminal_snr == (p.teacher.schedule.prediction_type == "v_prediction")
+
+
 def test_deep_merge_keeps_siblings():
     merged = config.deep_merge({"a": {"x": 1, "y": 2}, "b": [1, 2]}, {"a": {"y": 3}, "b": [9]})
     assert merged == {"a": {"x": 1, "y": 3}, "b": [9]}

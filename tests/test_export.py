@@ -59,29 +59,38 @@ def test_the_pixel_pipeline_is_the_library_sampler(tmp_path, smoke_params):
     assert len(pil) == 1 and pil[0].size == (p.data.resolution, p.data.resolution)
 
 
-def test_a_latent_student_loads_like_sd_turbo(tmp_path, smoke_params):
-    from diffusers import AutoencoderKL, AutoPipelineForText2Image, UNet2DConditionModel
+@pytest.mark.parametrize("layout", ["sd", "sdxl"])
+def test_a_latent_student_loads_like_sd_turbo(layout, tmp_path, smoke_params):
+    """SD layout (v-prediction, student at zero terminal SNR) -> StableDiffusionPipeline; SDXL layout (epsilon,
+    stock schedule) -> StableDiffusionXLPipeline, where diffusers computes the added conditioning itself."""
+    from diffusers import AutoencoderKL, AutoPipelineForText2Image
     from addlib.latent import VAESpace
-    from tiny_models import SD_SCHEDULE, sd_folder
+    from addlib.models import load_unet
+    from tiny_models import SD_SCHEDULE, SDXL_SCHEDULE, sd_folder, sdxl_folder
 
-    sd = sd_folder(tmp_path / "sd")  # its tokenizer's model_max_length is not the 12 tokens the student trained on
-    schedule = C.from_dict(C.ScheduleConfig, {**SD_SCHEDULE, "rescale_zero_terminal_snr": False}, "schedule")
+    sdxl = layout == "sdxl"
+    # its tokenizers' model_max_length is not the 12 tokens the student trained on
+    sd = (sdxl_folder if sdxl else sd_folder)(tmp_path / layout)
+    schedule = C.from_dict(C.ScheduleConfig, {**(SDXL_SCHEDULE if sdxl else SD_SCHEDULE),
+                                              "rescale_zero_terminal_snr": False}, "schedule")
     p = dataclasses.replace(
-        smoke_params,
+        smoke_params, data=dataclasses.replace(smoke_params.data, resolution=16, channels=3),
         text_encoder=dataclasses.replace(smoke_params.text_encoder, path=str(sd), max_length=12, pooling="eos",
                                          attention_mask=False),
         teacher=dataclasses.replace(smoke_params.teacher, pretrained=str(sd), schedule=schedule),
-        add=dataclasses.replace(smoke_params.add, student_zero_terminal_snr=True))
-    unet = _perturbed(UNet2DConditionModel.from_pretrained(sd / "unet"))
+        add=dataclasses.replace(smoke_params.add, student_zero_terminal_snr=not sdxl))
+    unet = _perturbed(load_unet(sd / "unet", vae_scale_factor=2))
     folder = X.export(_student_folder(tmp_path / "student", p, unet), tmp_path / "pipe")
     pipe = AutoPipelineForText2Image.from_pretrained(folder, local_files_only=True)
-    assert type(pipe).__name__ == "StableDiffusionPipeline" and type(pipe.scheduler).__name__ == "LCMScheduler"
+    assert type(pipe).__name__ == ("StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline")
+    assert type(pipe.scheduler).__name__ == "LCMScheduler" and type(pipe.unet).__name__ == "UNet2DConditionModel"
     assert pipe.tokenizer.model_max_length == 12  # the export pads prompts as training did
+    assert pipe.unet.config.sample_size == 8  # its default size is the trained one: 16 px over the VAE's factor 2
     enc = TextEncoder.from_config(p.text_encoder)
     prompts = ["a red square", "a blue square"]
     states, mask, _ = enc(prompts)
     space = VAESpace(AutoencoderKL.from_pretrained(sd / "vae"))
-    sched = student_schedule(p.teacher.schedule, True)
+    sched = student_schedule(p.teacher.schedule, not sdxl)
     noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     for k in (1, 2, 4):
         ref = sample_student(unet, sched, states, mask, noise, student_timesteps(k, p.add.student_timesteps), seed=3,
@@ -89,6 +98,14 @@ def test_a_latent_student_loads_like_sd_turbo(tmp_path, smoke_params):
         got = pipe(prompts, num_inference_steps=k, guidance_scale=0.0, generator=renoise_generator(3), latents=noise,
                    output_type="pt").images
         torch.testing.assert_close(got, (ref + 1) / 2, rtol=1e-3, atol=1e-3)
+    if sdxl:  # an epsilon student's one step: pure noise taken as x_999, x0 read from epsilon on the stock schedule
+        with torch.no_grad():
+            eps = unet(noise, torch.full((2,), 999), encoder_hidden_states=states).sample
+        a_bar = sched.alphas_cumprod[999]
+        assert 0.004 < float(a_bar) < 0.005  # SDXL's scaled-linear schedule: alpha_999 = 0.068
+        x0 = (noise - (1 - a_bar).sqrt() * eps) / a_bar.sqrt()
+        ref = sample_student(unet, sched, states, mask, noise, [999], space=space)
+        torch.testing.assert_close(ref, space.decode(x0).clamp(-1, 1), rtol=1e-4, atol=1e-4)
     assert json.loads((folder / "addlib_config.json").read_text())["config"]["teacher"]["pretrained"] == str(sd)
 
 

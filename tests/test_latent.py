@@ -13,7 +13,7 @@ from addlib.discriminator import Discriminator, FeatureNetwork
 from addlib.latent import VAESpace, check_schedule, load_pretrained, load_teacher
 from addlib.text import TextEncoder, encode_captions
 from addlib.distillation import train_add
-from tiny_models import SD_SCHEDULE, sd_folder
+from tiny_models import SD_SCHEDULE, SDXL_SCHEDULE, sd_folder, sdxl_folder
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +22,13 @@ def sd(tmp_path_factory):
 
 
 def _params(smoke_params, folder, **add_overrides):
-    # the stock checkpoint's schedule for the teacher; the student at zero terminal SNR
-    schedule = config.from_dict(config.ScheduleConfig, {**SD_SCHEDULE, "rescale_zero_terminal_snr": False}, "s")
+    # the stock checkpoint's schedule for the teacher; a v-prediction student at zero terminal SNR, an epsilon
+    # one (the SDXL-layout folder of tests/test_sdxl.py) on the stock schedule
+    sdxl = (folder / "text_encoder_2").is_dir()
+    schedule = config.from_dict(config.ScheduleConfig, {**(SDXL_SCHEDULE if sdxl else SD_SCHEDULE),
+                                                        "rescale_zero_terminal_snr": False}, "s")
     teacher = dataclasses.replace(smoke_params.teacher, pretrained=str(folder), schedule=schedule)
-    add_overrides = {"student_zero_terminal_snr": True, **add_overrides}
+    add_overrides = {"student_zero_terminal_snr": not sdxl, **add_overrides}
     text = config.from_dict(config.TextEncoderConfig, dict(path=str(folder), max_length=12, pooling="eos",
                                                            attention_mask=False), "text_encoder")
     train = dataclasses.replace(smoke_params.add.train, steps=3, batch_size=4, checkpoint_every=10, log_every=1,
@@ -96,7 +99,16 @@ def _run(smoke_params, sd, folder, train_overrides=None, add_overrides=None, **k
     return run, teacher, teacher_cfg, text_cfg, add
 
 
-def test_add_on_a_latent_teacher_two_steps_then_resume(sd, smoke_params, tmp_path):
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    return sdxl_folder(tmp_path_factory.mktemp("sdxl") / "tiny-sdxl")
+
+
+@pytest.mark.parametrize("layout", ["sd", "sdxl"])
+def test_add_on_a_latent_teacher_two_steps_then_resume(layout, request, smoke_params, tmp_path):
+    """SD layout (v-prediction, the student at zero terminal SNR) and SDXL layout (epsilon, the student on the
+    stock schedule: its first step takes pure noise as x_999 and reads x0 from epsilon, as SDXL-Turbo does)."""
+    sd = request.getfixturevalue(layout)
     full, teacher, teacher_cfg, text_cfg, add = _run(smoke_params, sd, tmp_path / "full")
     assert isinstance(teacher.space, VAESpace) and teacher.source == str(sd)
     _run(smoke_params, sd, tmp_path / "resumed", max_steps=2)
@@ -109,6 +121,7 @@ def test_add_on_a_latent_teacher_two_steps_then_resume(sd, smoke_params, tmp_pat
     ref = load_pretrained(teacher_cfg, sd).unet.state_dict()
     student = full["student"].state_dict()
     assert any(not torch.equal(student[k], v) for k, v in ref.items())
+    assert (type(full["student"]).__name__ == "SDXLUNet") == (layout == "sdxl")
     # ... and samples pixels in one call, decoded by the teacher's VAE
     from addlib.sampling import ADDSampler
 

@@ -1,6 +1,7 @@
 """The pipeline's stages on a latent teacher, changed by params only: a tiny random SD-layout folder (teacher,
-VAE, CLIP text encoder) and a captioned RGB imagefolder, through prepare -> teacher -> features -> add ->
-evaluators -> evaluate, then the student samples pixels in one call. Also the GPU benchmark's CPU path."""
+VAE, CLIP text encoder) or SDXL-layout folder (two text towers, added conditioning, epsilon) and a captioned RGB
+imagefolder, through prepare -> teacher -> features -> add -> consistency -> evaluators -> evaluate, then the
+student samples pixels in one call. Also the GPU benchmark's CPU path, for both layouts."""
 import json
 import math
 import subprocess
@@ -13,12 +14,13 @@ from PIL import Image
 
 from addlib import config as C
 from addlib.pipeline import add, consistency, evaluate, evaluators, features, prepare, teacher
-from tiny_models import SD_SCHEDULE, sd_folder
+from tiny_models import SD_SCHEDULE, SDXL_SCHEDULE, sd_folder, sdxl_folder
 
 
-@pytest.fixture()
-def latent_root(tmp_path, root):
-    sd = sd_folder(tmp_path / "sd")
+@pytest.fixture(params=["sd", "sdxl"])
+def latent_root(request, tmp_path, root):
+    sdxl = request.param == "sdxl"
+    sd = (sdxl_folder if sdxl else sd_folder)(tmp_path / request.param)
     img = tmp_path / "images"
     img.mkdir()
     rng = np.random.default_rng(0)
@@ -33,10 +35,11 @@ def latent_root(tmp_path, root):
     profile = {
         "data": {"source": "folder", "folder": str(img), "resolution": 16, "channels": 3},
         "text_encoder": {"path": str(sd), "max_length": 12, "pooling": "eos", "attention_mask": False},
-        "teacher": {"pretrained": str(sd), "schedule": {**SD_SCHEDULE, "rescale_zero_terminal_snr": False},
+        "teacher": {"pretrained": str(sd), "schedule": {**(SDXL_SCHEDULE if sdxl else SD_SCHEDULE),
+                                                        "rescale_zero_terminal_snr": False},
                     "sample": {"prompts": ["a red square", "a blue square"]}},
         "features": {"img_size": 16, "patch_size": 4},
-        "add": {"sample_prompts": ["a red square", "a green square"]},
+        "add": {"sample_prompts": ["a red square", "a green square"], "student_zero_terminal_snr": not sdxl},
     }
     (tmp_path / "latent.yaml").write_text(yaml.safe_dump(profile))
     raw = C.deep_merge(C.load_raw(root / "params.yaml", root / "profiles" / "smoke.yaml"), profile)
@@ -66,17 +69,21 @@ def test_stages_run_on_a_latent_teacher_by_params_alone(latent_root):
     assert x.shape == (1, 3, 16, 16)
 
 
-def test_benchmark_runs_the_add_step_at_a_profiles_sizes(tmp_path, root):
+@pytest.mark.parametrize("layout", ["sd", "sdxl"])
+def test_benchmark_runs_the_add_step_at_a_profiles_sizes(layout, tmp_path, root):
+    sdxl = layout == "sdxl"  # SDXL's added conditioning (the pooled embedding packed as a 7th token)
+    extra = dict(addition_embed_type="text_time", addition_time_embed_dim=2,
+                 projection_class_embeddings_input_dim=8 + 6 * 2) if sdxl else {}
     arch = {"unet": {"sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
                      "block_out_channels": [8, 16], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
                      "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "attention_head_dim": 8,
-                     "cross_attention_dim": 16, "norm_num_groups": 4},
+                     "cross_attention_dim": 16, "norm_num_groups": 4, **extra},
             "vae": {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1,
                     "norm_num_groups": 4, "block_out_channels": [8, 16],
                     "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2},
             "text": {"tokens": 6, "width": 16}}
     (tmp_path / "arch.json").write_text(json.dumps(arch))
-    profile = yaml.safe_load((root / "profiles/sd-gpu.yaml").read_text())
+    profile = yaml.safe_load((root / f"profiles/{layout}-gpu.yaml").read_text())
     profile["data"]["resolution"] = 16
     profile["features"].update(timm_name="vit_tiny_patch16_224", img_size=32)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(profile))

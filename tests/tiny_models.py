@@ -28,28 +28,67 @@ SD_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta
                    prediction_type="v_prediction")
 
 
+def _clip_text(tok, layers: int = 1, **extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+                          num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
+                          pad_token_id=1, **extra)
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                         norm_num_groups=4, layers_per_block=1, sample_size=16, scaling_factor=0.5)
+
+
+UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            layers_per_block=1, attention_head_dim=8, norm_num_groups=4)
+
+
 def sd_folder(path: Path, seed: int = 0) -> Path:
     """A Stable-Diffusion-layout text-to-image folder (SD 2.1-v-like: v-prediction, scaled-linear betas) with
     tiny random parts: a UNet2DConditionModel on 4x8x8 latents, an AutoencoderKL (16x16 RGB <-> 4x8x8), a
     CLIP text model and tokenizer, and a scheduler config."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     tok = clip_tokenizer(path / "tokenizer")
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
-                                 pad_token_id=1)).save_pretrained(str(path / "text_encoder"))
-    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-                         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
-                         cross_attention_dim=16, attention_head_dim=8, norm_num_groups=4
-                         ).save_pretrained(str(path / "unet"))
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                  norm_num_groups=4, layers_per_block=1, sample_size=16, scaling_factor=0.5
-                  ).save_pretrained(str(path / "vae"))
+    CLIPTextModel(_clip_text(tok)).save_pretrained(str(path / "text_encoder"))
+    UNet2DConditionModel(**UNET, cross_attention_dim=16).save_pretrained(str(path / "unet"))
+    _vae().save_pretrained(str(path / "vae"))
     DDIMScheduler(**SD_SCHEDULE).save_pretrained(str(path / "scheduler"))
+    return path
+
+
+SDXL_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                     prediction_type="epsilon")
+SDXL_POOLED = 8  # the second tower's projection width (1280 in SDXL)
+
+
+def sdxl_folder(path: Path, seed: int = 0) -> Path:
+    """An SDXL-layout folder, saved by diffusers' StableDiffusionXLPipeline (model_index.json included): two
+    tiny CLIP towers (the second with a projection) and tokenizers, a UNet with SDXL's added ``text_time``
+    conditioning cross-attending to both towers' states (16 + 16), the tiny VAE, and SDXL's epsilon-prediction
+    Euler scheduler."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tok, tok_2 = clip_tokenizer(path / "tokenizer"), clip_tokenizer(path / "tokenizer_2")
+    time_embed = 4
+    unet = UNet2DConditionModel(**UNET, cross_attention_dim=32, addition_embed_type="text_time",
+                                addition_time_embed_dim=time_embed,
+                                projection_class_embeddings_input_dim=SDXL_POOLED + 6 * time_embed)
+    StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=CLIPTextModel(_clip_text(tok, layers=2)),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_text(tok_2, layers=2, projection_dim=SDXL_POOLED)),
+        tokenizer=tok, tokenizer_2=tok_2, unet=unet, scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULE),
+        add_watermarker=False).save_pretrained(str(path))
     return path
 
 

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
 
 from .. import config as C
 from ..diagnostics import denoise_from_data, plot_refinement, refinement_trace
 from ..diffusion import student_schedule
 from ..latent import load_teacher
+from ..models import load_unet
 from ..paths import MODELS, REPORTS, code_version, write_json
 from ..plots import image_grid
 from ..sampling import initial_noise, unet_input_shape
@@ -39,7 +39,7 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True, student_dir:
     bundle = load_teacher(p.teacher, root / MODELS / "teacher")
     space, teacher = bundle.space, bundle.unet.eval()
     schedule = student_schedule(p.teacher.schedule, p.add.student_zero_terminal_snr)  # the student's
-    student = UNet2DConditionModel.from_pretrained(student_dir).eval()
+    student = load_unet(student_dir, space.factor).eval()
     sc = scoring(ds, cache, p.evaluators, p.evaluate, root)
     ts = list(p.add.student_timesteps)
     rows: dict[str, dict] = {}

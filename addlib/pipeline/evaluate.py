@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers import UNet2DConditionModel
 
 from .. import config as C
 from .. import data as D
@@ -18,6 +17,7 @@ from .. import plots
 from ..consistency import SkipGrid, consistency_x0
 from ..diffusion import student_schedule
 from ..latent import load_teacher
+from ..models import load_unet
 from ..metrics import extract, fid_from_features, split_halves_fid
 from ..paths import MODELS, REPORTS, code_version, write_json
 from ..sampling import initial_noise, unet_input_shape
@@ -43,7 +43,7 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     test_noise = initial_noise(cfg.num_samples, noise_shape, cfg.seed)
     sel_prompts = sc.prompts_for(sc.sel, cfg.guidance_samples, cfg.guidance_seed, cache)
     sel_noise = initial_noise(cfg.guidance_samples, noise_shape, cfg.guidance_seed)
-    student = UNet2DConditionModel.from_pretrained(root / MODELS / "student").eval()
+    student = load_unet(root / MODELS / "student", space.factor).eval()
     sched_s = student_schedule(p.teacher.schedule, add_cfg.student_zero_terminal_snr)
     empty = tuple(a for a in cache[torch.tensor([0])][:2])
 
@@ -54,7 +54,7 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
         return E.Generator("student", "add", steps, 1.0, student, sched_s,
                            trained_timesteps=add_cfg.student_timesteps, space=space)
 
-    consistency = UNet2DConditionModel.from_pretrained(root / MODELS / "consistency").eval()
+    consistency = load_unet(root / MODELS / "consistency", space.factor).eval()
     grid = SkipGrid(schedule.T, p.consistency.solver_steps)
 
     def consistency_gen(steps):  # the baseline runs on the teacher's schedule, at LCM's timesteps

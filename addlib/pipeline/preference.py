@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
 from .. import config as C
@@ -27,6 +26,7 @@ from .. import preference as P
 from ..consistency import SkipGrid, consistency_x0
 from ..diffusion import student_schedule
 from ..latent import load_teacher
+from ..models import load_unet
 from ..metrics import extract, realism_score
 from ..paths import MODELS, REPORTS, code_version, write_json
 from ..sampling import initial_noise, unet_input_shape
@@ -135,8 +135,8 @@ def _generators(p: C.Params, root: Path, bundle, cache, table: list[dict]) -> di
     """add@K, consistency@K and teacher@K (the teacher's best sampler and guidance at K in Table 2)."""
     cfg = p.preference
     empty = tuple(a for a in cache[torch.tensor([0])][:2])
-    student = UNet2DConditionModel.from_pretrained(root / MODELS / "student").eval()
-    consistency = UNet2DConditionModel.from_pretrained(root / MODELS / "consistency").eval()
+    student = load_unet(root / MODELS / "student", bundle.space.factor).eval()
+    consistency = load_unet(root / MODELS / "consistency", bundle.space.factor).eval()
     sched_s = student_schedule(p.teacher.schedule, p.add.student_zero_terminal_snr)
     grid = SkipGrid(bundle.schedule.T, p.consistency.solver_steps)
     out = {}
