@@ -43,7 +43,8 @@ def _ordering_matches(ours: dict[str, float], paper: dict[str, float]) -> bool |
 
 def summarise(cfg: AblationsConfig, results: dict[str, dict[int, dict[str, float]]],
               metrics: tuple[str, ...] = ("fid", "precision", "recall", "fid_detail", "recall_detail", "clip_score",
-                                          "prompt_accuracy")) -> dict:
+                                          "prompt_accuracy", "seconds_per_step", "trainable_parameters",
+                                          "trained_state_mib")) -> dict:
     """results: run -> seed -> metrics. Returns sub-table -> {rows: [...], sentence: str}; each row holds the
     label, the run, the number of seeds, mean and std of every metric, and the paper's FID where it has one."""
     out = {}
@@ -77,7 +78,8 @@ def summarise(cfg: AblationsConfig, results: dict[str, dict[int, dict[str, float
 TITLES = {"distance": "Distance metric d of the distillation loss", "loss": "Loss terms (Table 1d)",
           "features": "Discriminator feature network F (Table 1a)", "conditioning": "Discriminator conditioning (Table 1b)",
           "init": "Student initialisation (Table 1c)", "teacher_steps": "Teacher steps for the target (Table 1f)",
-          "teacher_t": "Re-noising timestep of the distillation target"}
+          "teacher_t": "Re-noising timestep of the distillation target",
+          "student": "What trains: all of the student's weights or LoRA adapters (LoRA-ADD)"}
 
 
 def _cell(row: dict, m: str, digits: int) -> str:
@@ -87,18 +89,29 @@ def _cell(row: dict, m: str, digits: int) -> str:
     return f"{row[m]:.{digits}f}{std}"
 
 
+def _costs_differ(rows: list[dict]) -> bool:
+    """Whether a sub-table compares what training holds (LoRA against full fine-tuning): its rows train
+    different numbers of parameters. Only then does it show the cost columns."""
+    return len({r.get("trainable_parameters") for r in rows}) > 1
+
+
 def markdown(table1: dict) -> str:
-    """Table 1 as markdown: one sub-table per ablation, mean ± std over seeds, the paper's FID beside."""
+    """Table 1 as markdown: one sub-table per ablation, mean ± std over seeds, the paper's FID beside (and,
+    where the rows train different parameters, their count, the trained state's memory and the time per step)."""
     parts = []
     for table, t in table1.items():
+        costs = _costs_differ(t["rows"])
+        extra_head = " trainable parameters | trained state (MiB) | s / step |" if costs else ""
         lines = [f"### {TITLES.get(table, table)}", "",
                  "| row | seeds | FID | precision | recall | FID (detail) | recall (detail) | CLIP score | "
-                 "prompt accuracy | paper FID |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+                 "prompt accuracy | paper FID |" + extra_head,
+                 "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (3 if costs else 0)]
         for r in t["rows"]:
             paper = f"{r['paper_fid']:g}" if r.get("paper_fid") is not None else "-"
+            extra = (f" {r.get('trainable_parameters', 0):,.0f} | {_cell(r, 'trained_state_mib', 1)} | "
+                     f"{_cell(r, 'seconds_per_step', 3)} |") if costs else ""
             lines.append(f"| {r['row']} | {r['seeds']} | {_cell(r, 'fid', 2)} | {_cell(r, 'precision', 3)} | "
                          f"{_cell(r, 'recall', 3)} | {_cell(r, 'fid_detail', 2)} | {_cell(r, 'recall_detail', 3)} | "
-                         f"{_cell(r, 'clip_score', 2)} | {_cell(r, 'prompt_accuracy', 3)} | {paper} |")
+                         f"{_cell(r, 'clip_score', 2)} | {_cell(r, 'prompt_accuracy', 3)} | {paper} |" + extra)
         parts.append("\n".join(lines + ["", t["sentence"], ""]))
     return "\n".join(parts)

@@ -478,6 +478,19 @@ class ADDTrainConfig:
 
 
 @dataclasses.dataclass
+class LoRAConfig:
+    """LoRA-ADD (addlib/lora.py): only low-rank adapters on the student UNet train, W + (alpha / r) B A."""
+    rank: int                  # r
+    alpha: float               # the adapters' scale is alpha / r (peft's lora_alpha)
+    target_modules: list[str]  # module names peft adapts (diffusers' UNet names: to_q, to_k, to_v, to_out.0, conv1, ...)
+
+    def validate(self, where: str) -> None:
+        _check(self.rank >= 1, f"{where}.rank", f"must be >= 1, got {self.rank}")
+        _check(self.alpha > 0, f"{where}.alpha", f"must be > 0, got {self.alpha}")
+        _check(len(self.target_modules) >= 1, f"{where}.target_modules", "needs at least one module name")
+
+
+@dataclasses.dataclass
 class ADDConfig:
     student_timesteps: list[int]   # tau_1 > ... > tau_N; training draws one uniformly; tau_1 = T-1 is pure noise
     student_init: Literal["teacher", "random"]    # Table 1c
@@ -496,6 +509,7 @@ class ADDConfig:
     student_zero_terminal_snr: bool  # the student's schedule: the teacher's rescaled to zero terminal SNR
                                      # (t = T-1 pure noise; needs v-prediction) | false: the teacher's own.
                                      # The frozen teacher always runs on the schedule it was trained with
+    lora: Optional[LoRAConfig]  # null: the student's weights all train; else only LoRA adapters (LoRA-ADD)
     discriminator: DiscriminatorConfig
     train: ADDTrainConfig
     sample_prompts: list[str]
@@ -520,6 +534,8 @@ class ADDConfig:
                "describe a bad image (e.g. 'a blurry, smudged, unreadable scribble')")
         _check(self.sample_per_prompt >= 1 and len(self.sample_prompts) >= 1, f"{where}.sample_prompts",
                "needs prompts and sample_per_prompt >= 1")
+        _check(self.lora is None or self.student_init == "teacher", f"{where}.lora",
+               "adapters fine-tune the teacher's weights: needs student_init: teacher")
 
 
 @dataclasses.dataclass

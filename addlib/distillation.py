@@ -15,6 +15,7 @@ import torch
 
 from . import config as C
 from . import grids
+from . import lora
 
 from .data import Dataset, to_float
 from .discriminator import Discriminator, FeatureNetwork
@@ -80,6 +81,8 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
     student = student.to(dev)
     if any(p.dtype != torch.float32 for p in student.parameters()):
         student = student.float()  # trained weights stay float32 (a half-precision checkpoint is upcast)
+    if cfg.lora is not None:  # LoRA-ADD: the copied teacher weights stay frozen, only the adapters train
+        student = lora.add_adapters(student, cfg.lora)
     if tc.gradient_checkpointing:
         student.enable_gradient_checkpointing()
         if isinstance(space, VAESpace):  # both losses backpropagate through the decoder: its activations too
@@ -87,9 +90,10 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
     teacher_unet = teacher.unet.eval().requires_grad_(False).to(dev)
     if wdtype != torch.float32:
         teacher_unet = teacher_unet.to(wdtype)
-    ema = EMA(student, tc.ema_decay)
+    ema = EMA(student, tc.ema_decay, keys=lora.trainable_names(student) if cfg.lora is not None else None)
     ema_model = copy.deepcopy(student).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(student.parameters(), lr=tc.lr_student, betas=tuple(tc.betas))
+    opt_g = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=tc.lr_student,
+                             betas=tuple(tc.betas))
     opt_d = torch.optim.Adam(discriminator.heads.parameters(), lr=tc.lr_discriminator, betas=tuple(tc.betas))
     ckpt = Checkpointer(checkpoint_dir, fingerprint(cfg, teacher.schedule.cfg, teacher.source, seed, inputs,
                                                     fingerprint_extra))
@@ -191,9 +195,26 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
         for png in sorted(kept_grids.glob("step_*.png")):
             if int(png.stem.split("_")[1]) <= run["end"] and not (Path(grid_dir) / png.name).exists():
                 shutil.copy2(png, Path(grid_dir) / png.name)
+    cost = trained_state(student, opt_g, ema)
+    if cfg.lora is not None:  # LoRA-ADD: the adapters on their own, and the fused plain UNet as the student
+        if save and accelerator.is_main_process and run["end"] == tc.steps:
+            lora.save_adapters(ema_model, Path(out_dir) / lora.LORA_DIR, cfg.lora)
+        ema_model = lora.fused(ema_model)
     if save and accelerator.is_main_process and run["end"] == tc.steps:
         ema_model.save_pretrained(out_dir, safe_serialization=True)
     return {"steps": run["end"], "resumed_from_step": run["start"], "train_seconds": run["train_seconds"],
-            "images_per_second": run["end"] * tc.batch_size / max(run["train_seconds"], 1e-9),
+            "images_per_second": run["end"] * tc.batch_size / max(run["train_seconds"], 1e-9), **cost,
             "history": run["history"], "student": ema_model, "main_process": accelerator.is_main_process,
             "checkpoints": ckpt.run_dir}
+
+
+def trained_state(student: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: EMA) -> dict:
+    """What training the student holds beyond the frozen networks: trainable parameters, and the bytes of their
+    gradients, Adam moments and EMA (measured on the tensors; activations are not included)."""
+    def nbytes(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    state = nbytes(p for p in params) + nbytes(p.grad for p in params if p.grad is not None) + \
+        nbytes(t for st in optimizer.state.values() for t in st.values() if getattr(t, "ndim", 0) > 0) + nbytes(ema.shadow.values())
+    return {"trainable_parameters": sum(p.numel() for p in params), "trained_state_mib": state / 2 ** 20}

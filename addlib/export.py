@@ -34,6 +34,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from . import config as C
+from .lora import LORA_DIR
 
 LCM_SCALING = 1.0e7  # c_skip(t >= 1) = 0.25 / (1e14 t^2 + 0.25) < 3e-15: the plain x0 estimate, as ADD samples
 
@@ -155,6 +156,8 @@ def export(student: str | Path, out: str | Path) -> Path:
                            max_length=text["max_length"], use_attention_mask=text["attention_mask"])
     pipe.save_pretrained(out, safe_serialization=True)
     shutil.copy2(student / "addlib_config.json", out / "addlib_config.json")
+    if (student / LORA_DIR).is_dir():  # LoRA-ADD: the adapters too, for pipe.load_lora_weights on the teacher's pipeline
+        shutil.copytree(student / LORA_DIR, out / LORA_DIR)
     return out
 
 

@@ -61,11 +61,12 @@ class EMA:
     stored with safetensors.
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, keys: set[str] | None = None):
+        """``keys``: average only these entries of the state (LoRA-ADD: the adapters; the rest never moves)."""
         self.decay = decay
         self.updates = 0
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()
-                       if v.dtype.is_floating_point}
+                       if v.dtype.is_floating_point and (keys is None or k in keys)}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:

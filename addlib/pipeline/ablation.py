@@ -60,7 +60,10 @@ def run(p: C.Params, name: str, root: Path = Path("."), progress: bool = True) -
         images, _ = E.generate(gen, prompts, noise, ps.evaluate.batch_size, seed=ps.evaluate.seed, progress=False)
         last = trained["history"][-1] if trained["history"] else {}
         per_seed[seed] = {**sc.scorer(images, prompts), "train_seconds": trained["train_seconds"],
-                          "steps": trained["steps"], **{f"final_{k}": v for k, v in last.items() if k != "step"}}
+                          "steps": trained["steps"], "seconds_per_step": trained["train_seconds"] / max(1, trained["steps"]),
+                          "trainable_parameters": trained["trainable_parameters"],
+                          "trained_state_mib": trained["trained_state_mib"],
+                          **{f"final_{k}": v for k, v in last.items() if k != "step"}}
         print(f"{name} seed {seed}: " + "  ".join(f"{k} {per_seed[seed][k]:.3f}" for k in
                                                    ("fid", "precision", "recall", "clip_score", "prompt_accuracy")),
               flush=True)
