@@ -94,14 +94,14 @@ class ADDPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=image) if return_dict else (image,)
 
 
-def export(student: str | Path, out: str | Path) -> Path:
-    """Write the student at ``student`` (a models/student folder with its addlib_config.json) as a diffusers
-    pipeline folder at ``out``; returns ``out``."""
+def build_pipeline(student: str | Path) -> DiffusionPipeline:
+    """The student at ``student`` (a models/student folder with its addlib_config.json) as a diffusers pipeline
+    in memory: what :func:`export` saves and ``sampling.ADDSampler`` calls."""
     from transformers import AutoModel, AutoTokenizer
 
     from .text import resolve_path
 
-    student, out = Path(student), Path(out)
+    student = Path(student)
     resolved = json.loads((student / "addlib_config.json").read_text())["config"]
     schedule = C.from_dict(C.ScheduleConfig, resolved["teacher"]["schedule"], "teacher.schedule")
     add = resolved["add"]
@@ -109,8 +109,6 @@ def export(student: str | Path, out: str | Path) -> Path:
     unet = UNet2DConditionModel.from_pretrained(student)  # a plain diffusers UNet, SDXL-class ones included
     text = resolved["text_encoder"]
     pretrained = resolved["teacher"].get("pretrained")
-    if out.exists():
-        shutil.rmtree(out)
     if pretrained:  # the teacher's own pipeline, with the student's UNet and the few-step scheduler
         from diffusers import AutoencoderKL
 
@@ -154,6 +152,16 @@ def export(student: str | Path, out: str | Path) -> Path:
                            AutoTokenizer.from_pretrained(folder.parent / "tokenizer" if folder.name == "text_encoder"
                                                          else folder, local_files_only=True),
                            max_length=text["max_length"], use_attention_mask=text["attention_mask"])
+    return pipe
+
+
+def export(student: str | Path, out: str | Path) -> Path:
+    """Write the student at ``student`` (a models/student folder with its addlib_config.json) as a diffusers
+    pipeline folder at ``out``; returns ``out``."""
+    student, out = Path(student), Path(out)
+    pipe = build_pipeline(student)
+    if out.exists():
+        shutil.rmtree(out)
     pipe.save_pretrained(out, safe_serialization=True)
     shutil.copy2(student / "addlib_config.json", out / "addlib_config.json")
     if (student / LORA_DIR).is_dir():  # LoRA-ADD: the adapters too, for pipe.load_lora_weights on the teacher's pipeline

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from .sampling import ADDSampler, student_step_counts
 
     sampler = ADDSampler.from_pretrained(model)
-    allowed = student_step_counts(sampler.student_timesteps, sampler.schedule.T)
+    allowed = student_step_counts(sampler.student_timesteps, sampler.T)
     bad = [k for k in a.steps if k not in allowed]
     if bad:
         ap.error(f"--steps {bad}: this student (timesteps {sampler.student_timesteps}) samples with {allowed} steps")

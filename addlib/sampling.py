@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from .diffusion import NoiseSchedule
-from .models import load_unet
 from .timesteps import student_step_counts, trailing_timesteps  # noqa: F401 (re-exported)
 
 
@@ -119,58 +118,48 @@ def sample_student(unet, schedule: NoiseSchedule, states: torch.Tensor, mask: to
 
 
 class ADDSampler:
-    """The trained student in one call: ``ADDSampler.from_pretrained("models/student")(prompts, steps, seed)``.
+    """The trained student in one call: ``ADDSampler.from_pretrained("models/student")(prompts, steps, seed)``
+    returns images in [-1, 1], shape (len(prompts), C, H, W).
 
-    Loads the diffusers UNet and the addlib_config.json saved beside it (the student's schedule, text encoder,
-    student timesteps); returns images in [-1, 1], shape (len(prompts), C, H, W). ``steps`` must be one of
-    :func:`student_step_counts` (1, 2 or 4 for the default timesteps); other counts are a one-line error.
+    A thin front over the student's diffusers pipeline (export.build_pipeline: addlib's ADDPipeline, or the
+    teacher's own SD / SDXL pipeline with the student's UNet; both with the LCMScheduler that is ADD's sampler),
+    so the library, the command line and diffusers sample through one loop (the evaluation's batched
+    :func:`sample_student` gives the same images, tests/test_export.py). It fixes the starting noise
+    (:func:`initial_noise`) and the re-noising generator (:func:`renoise_generator`) from ``seed``; ``steps``
+    must be one of :func:`student_step_counts` (1, 2 or 4 for the default timesteps), else a one-line error.
     """
 
-    def __init__(self, unet, schedule: NoiseSchedule, encoder, student_timesteps: list[int], space=None,
-                 shape: tuple[int, ...] | None = None):
-        self.unet, self.schedule, self.encoder = unet.eval(), schedule, encoder
+    def __init__(self, pipe, student_timesteps: list[int], T: int):
+        self.pipe, self.T = pipe, T
         self.student_timesteps = list(student_timesteps)
-        self.space = space
-        self.shape = tuple(shape) if shape else unet_input_shape(unet)  # the UNet's input (C, H, W)
+        self.shape = unet_input_shape(pipe.unet)  # the export sets sample_size to the trained size
 
     @classmethod
     def from_pretrained(cls, path, device: str = "cpu") -> "ADDSampler":
         import json
         from pathlib import Path
 
-        from . import config as C
-        from .diffusion import student_schedule
-        from .text import TextEncoder
+        from .export import build_pipeline
 
         resolved = json.loads((Path(path) / "addlib_config.json").read_text())["config"]
-        teacher_schedule = C.from_dict(C.ScheduleConfig, resolved["teacher"]["schedule"], "schedule")
-        schedule = student_schedule(teacher_schedule, resolved["add"].get("student_zero_terminal_snr", False))
-        text = C.from_dict(C.TextEncoderConfig, resolved["text_encoder"], "text_encoder")
-        space = None
-        if resolved["teacher"].get("pretrained"):  # a latent teacher: decode with its VAE
-            from diffusers import AutoencoderKL
-
-            from .latent import VAESpace
-
-            space = VAESpace(AutoencoderKL.from_pretrained(Path(resolved["teacher"]["pretrained"]) / "vae")).to(device)
-        unet = load_unet(path, space.factor if space else None).to(device)
-        data = resolved.get("data")
-        shape = None
-        if data:  # the size the student was trained at (a pretrained UNet's sample_size may be another)
-            pixels = (data["channels"], data["resolution"], data["resolution"])
-            shape = space.latent_shape(pixels) if space else pixels
-        return cls(unet, schedule, TextEncoder.from_config(text), resolved["add"]["student_timesteps"], space, shape)
+        pipe = build_pipeline(path).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, resolved["add"]["student_timesteps"], resolved["teacher"]["schedule"]["num_train_timesteps"])
 
     def timesteps(self, steps: int) -> list[int]:
-        return student_timesteps(steps, self.student_timesteps, self.schedule.T)
+        return student_timesteps(steps, self.student_timesteps, self.T)
 
     @torch.no_grad()
     def __call__(self, prompts: str | list[str], steps: int = 1, seed: int = 0) -> torch.Tensor:
+        from .export import ADDPipeline
+
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        states, mask, _ = self.encoder(prompts)
+        self.timesteps(steps)  # the one-line error for a step count the student was not trained for
         noise = initial_noise(len(prompts), self.shape, seed)
-        return sample_student(self.unet, self.schedule, states, mask, noise, self.timesteps(steps), seed=seed,
-                              space=self.space)
+        guidance = {} if isinstance(self.pipe, ADDPipeline) else {"guidance_scale": 0.0}  # SD-Turbo's call
+        images = self.pipe(prompts, num_inference_steps=steps, generator=renoise_generator(seed), latents=noise,
+                           output_type="pt", **guidance).images
+        return (images.float().cpu() * 2 - 1).clamp(-1, 1)
 
 
 def unet_input_shape(unet) -> tuple[int, int, int]:

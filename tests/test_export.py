@@ -12,7 +12,7 @@ from addlib import config as C
 from addlib import export as X
 from addlib.diffusion import student_schedule
 from addlib.models import build_unet
-from addlib.sampling import renoise_generator, sample_student, student_timesteps
+from addlib.sampling import ADDSampler, initial_noise, renoise_generator, sample_student, student_timesteps
 from addlib.text import TextEncoder
 
 
@@ -57,6 +57,12 @@ def test_the_pixel_pipeline_is_the_library_sampler(tmp_path, smoke_params):
         torch.testing.assert_close(got, (ref + 1) / 2, rtol=1e-4, atol=2e-4)
     pil = pipe(prompts[0], num_inference_steps=1, generator=torch.Generator().manual_seed(0)).images
     assert len(pil) == 1 and pil[0].size == (p.data.resolution, p.data.resolution)
+    # the library's one-call sampler is that pipeline, with the seed fixing the noise and the re-noising stream
+    sampler = ADDSampler.from_pretrained(tmp_path / "student")
+    start = initial_noise(2, (1, p.data.resolution, p.data.resolution), 7)
+    for k in (1, 2, 4):
+        ref = sample_student(unet, sched, states, mask, start, student_timesteps(k, p.add.student_timesteps), seed=7)
+        torch.testing.assert_close(sampler(prompts, steps=k, seed=7), ref, rtol=1e-4, atol=4e-4)
 
 
 @pytest.mark.parametrize("layout", ["sd", "sdxl"])
