@@ -35,6 +35,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from . import config as C
 from .lora import LORA_DIR
+from .sampling import initial_noise, renoise_generator, student_timesteps, unet_input_shape
 
 LCM_SCALING = 1.0e7  # c_skip(t >= 1) = 0.25 / (1e14 t^2 + 0.25) < 3e-15: the plain x0 estimate, as ADD samples
 
@@ -96,7 +97,7 @@ class ADDPipeline(DiffusionPipeline):
 
 def build_pipeline(student: str | Path) -> DiffusionPipeline:
     """The student at ``student`` (a models/student folder with its addlib_config.json) as a diffusers pipeline
-    in memory: what :func:`export` saves and ``sampling.ADDSampler`` calls."""
+    in memory: what :func:`export` saves and :class:`ADDSampler` calls."""
     from transformers import AutoModel, AutoTokenizer
 
     from .text import resolve_path
@@ -167,6 +168,44 @@ def export(student: str | Path, out: str | Path) -> Path:
     if (student / LORA_DIR).is_dir():  # LoRA-ADD: the adapters too, for pipe.load_lora_weights on the teacher's pipeline
         shutil.copytree(student / LORA_DIR, out / LORA_DIR)
     return out
+
+
+class ADDSampler:
+    """The trained student in one call: ``ADDSampler.from_pretrained("models/student")(prompts, steps, seed)``
+    returns images in [-1, 1], shape (len(prompts), C, H, W).
+
+    A thin front over the student's diffusers pipeline (:func:`build_pipeline`: :class:`ADDPipeline`, or the
+    teacher's own SD / SDXL pipeline with the student's UNet; both with the LCMScheduler that is ADD's sampler),
+    so the library, the command line and diffusers sample through one loop (the evaluation's batched
+    ``sampling.sample_student`` gives the same images, tests/test_export.py). ``seed`` fixes the starting noise
+    (``sampling.initial_noise``) and the re-noising generator (``sampling.renoise_generator``); ``steps`` must
+    be one of ``sampling.student_step_counts`` (1, 2 or 4 for the default timesteps), else a one-line error.
+    """
+
+    def __init__(self, pipe, trained_timesteps: list[int], T: int):
+        self.pipe, self.T = pipe, T
+        self.student_timesteps = list(trained_timesteps)
+        self.shape = unet_input_shape(pipe.unet)  # the export sets sample_size to the trained size
+
+    @classmethod
+    def from_pretrained(cls, path, device: str = "cpu") -> "ADDSampler":
+        resolved = json.loads((Path(path) / "addlib_config.json").read_text())["config"]
+        pipe = build_pipeline(path).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, resolved["add"]["student_timesteps"], resolved["teacher"]["schedule"]["num_train_timesteps"])
+
+    def timesteps(self, steps: int) -> list[int]:
+        return student_timesteps(steps, self.student_timesteps, self.T)
+
+    @torch.no_grad()
+    def __call__(self, prompts: str | list[str], steps: int = 1, seed: int = 0) -> torch.Tensor:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        self.timesteps(steps)  # the one-line error for a step count the student was not trained for
+        noise = initial_noise(len(prompts), self.shape, seed)
+        guidance = {} if isinstance(self.pipe, ADDPipeline) else {"guidance_scale": 0.0}  # SD-Turbo's call
+        images = self.pipe(prompts, num_inference_steps=steps, generator=renoise_generator(seed), latents=noise,
+                           output_type="pt", **guidance).images
+        return (images.float().cpu() * 2 - 1).clamp(-1, 1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,8 @@ def compare(p: C.Params, prompts: list[str], student_steps: list[int], teacher_r
     block) and one timing row per block: the student at each of ``student_steps``, then the teacher at each
     (sampler, steps, guidance) of ``teacher_rows``."""
     from .latent import load_teacher
-    from .sampling import ADDSampler, initial_noise, sample_teacher, unet_input_shape
+    from .export import ADDSampler
+    from .sampling import initial_noise, sample_teacher, unet_input_shape
     from .text import TextEncoder
 
     student = ADDSampler.from_pretrained(student_dir)

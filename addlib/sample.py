@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--per-prompt must be >= 1 and --seed >= 0")
 
     from .plots import block_grid
-    from .sampling import ADDSampler, student_step_counts
+    from .export import ADDSampler
+    from .sampling import student_step_counts
 
     sampler = ADDSampler.from_pretrained(model)
     allowed = student_step_counts(sampler.student_timesteps, sampler.T)

@@ -117,51 +117,6 @@ def sample_student(unet, schedule: NoiseSchedule, states: torch.Tensor, mask: to
     return torch.cat(out)
 
 
-class ADDSampler:
-    """The trained student in one call: ``ADDSampler.from_pretrained("models/student")(prompts, steps, seed)``
-    returns images in [-1, 1], shape (len(prompts), C, H, W).
-
-    A thin front over the student's diffusers pipeline (export.build_pipeline: addlib's ADDPipeline, or the
-    teacher's own SD / SDXL pipeline with the student's UNet; both with the LCMScheduler that is ADD's sampler),
-    so the library, the command line and diffusers sample through one loop (the evaluation's batched
-    :func:`sample_student` gives the same images, tests/test_export.py). It fixes the starting noise
-    (:func:`initial_noise`) and the re-noising generator (:func:`renoise_generator`) from ``seed``; ``steps``
-    must be one of :func:`student_step_counts` (1, 2 or 4 for the default timesteps), else a one-line error.
-    """
-
-    def __init__(self, pipe, student_timesteps: list[int], T: int):
-        self.pipe, self.T = pipe, T
-        self.student_timesteps = list(student_timesteps)
-        self.shape = unet_input_shape(pipe.unet)  # the export sets sample_size to the trained size
-
-    @classmethod
-    def from_pretrained(cls, path, device: str = "cpu") -> "ADDSampler":
-        import json
-        from pathlib import Path
-
-        from .export import build_pipeline
-
-        resolved = json.loads((Path(path) / "addlib_config.json").read_text())["config"]
-        pipe = build_pipeline(path).to(device)
-        pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, resolved["add"]["student_timesteps"], resolved["teacher"]["schedule"]["num_train_timesteps"])
-
-    def timesteps(self, steps: int) -> list[int]:
-        return student_timesteps(steps, self.student_timesteps, self.T)
-
-    @torch.no_grad()
-    def __call__(self, prompts: str | list[str], steps: int = 1, seed: int = 0) -> torch.Tensor:
-        from .export import ADDPipeline
-
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        self.timesteps(steps)  # the one-line error for a step count the student was not trained for
-        noise = initial_noise(len(prompts), self.shape, seed)
-        guidance = {} if isinstance(self.pipe, ADDPipeline) else {"guidance_scale": 0.0}  # SD-Turbo's call
-        images = self.pipe(prompts, num_inference_steps=steps, generator=renoise_generator(seed), latents=noise,
-                           output_type="pt", **guidance).images
-        return (images.float().cpu() * 2 - 1).clamp(-1, 1)
-
-
 def unet_input_shape(unet) -> tuple[int, int, int]:
     """(C, H, W) of the UNet's input (latent-shaped for latent models)."""
     c = unet.config

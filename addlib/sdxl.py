@@ -29,8 +29,6 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 
-from .text import TextEncoder
-
 N_TIME_IDS = 6  # original (h, w), crop top-left (y, x), target (h, w)
 
 
@@ -86,11 +84,12 @@ class SDXLUNet(UNet2DConditionModel):
                                **kwargs)
 
 
-class SDXLTextEncoder(TextEncoder):
-    """SDXL's two frozen CLIP text towers, giving (packed states (B, L + 1, D1 + D2), mask of ones, c_text)."""
+class SDXLTextEncoder(torch.nn.Module):
+    """SDXL's two frozen CLIP text towers, giving (packed states (B, L + 1, D1 + D2), mask of ones, c_text): what
+    text.TextEncoder gives for one tower (``TextEncoder.from_config`` returns this for an SDXL-class folder)."""
 
     def __init__(self, folder: str | Path, max_length: int = 77):
-        torch.nn.Module.__init__(self)
+        super().__init__()
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         folder = Path(folder)
@@ -105,6 +104,9 @@ class SDXLTextEncoder(TextEncoder):
                                 if index.is_file() else True)
         self.max_length, self.pooling, self.attention_mask = max_length, "eos", False
         self.dim = int(self.model.config.hidden_size + self.model_2.config.hidden_size)
+
+    def train(self, mode: bool = True):  # frozen: always eval
+        return super().train(False)
 
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -122,7 +122,7 @@ def test_teacher_x0_one_step_is_the_v_conversion(smoke_params, tiny_data):
 
 def test_saved_student_samples_in_one_call(tmp_path, smoke_params, tiny_data):
     from addlib import config
-    from addlib.sampling import ADDSampler
+    from addlib.export import ADDSampler
 
     add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data)
     add = dataclasses.replace(add, train=dataclasses.replace(add.train, steps=1))

@@ -12,7 +12,8 @@ from addlib import config as C
 from addlib import export as X
 from addlib.diffusion import student_schedule
 from addlib.models import build_unet
-from addlib.sampling import ADDSampler, initial_noise, renoise_generator, sample_student, student_timesteps
+from addlib.export import ADDSampler
+from addlib.sampling import initial_noise, renoise_generator, sample_student, student_timesteps
 from addlib.text import TextEncoder
 
 

@@ -123,7 +123,7 @@ def test_add_on_a_latent_teacher_two_steps_then_resume(layout, request, smoke_pa
     assert any(not torch.equal(student[k], v) for k, v in ref.items())
     assert (type(full["student"]).__name__ == "SDXLUNet") == (layout == "sdxl")
     # ... and samples pixels in one call, decoded by the teacher's VAE
-    from addlib.sampling import ADDSampler
+    from addlib.export import ADDSampler
 
     out = tmp_path / "full" / "student"
     (out / "addlib_config.json").write_text(json.dumps({"config": {

@@ -63,7 +63,7 @@ def test_stages_run_on_a_latent_teacher_by_params_alone(latent_root):
     ev = json.loads((r / "reports/metrics/evaluate.json").read_text())
     assert {f"{m}/{k}" for m in ("student/add", "consistency/lcm") for k in p.evaluate.student_steps} <= set(ev["rows"])
     assert all(math.isfinite(row["fid"]) for row in ev["rows"].values())
-    from addlib.sampling import ADDSampler
+    from addlib.export import ADDSampler
 
     x = ADDSampler.from_pretrained(r / "models/student")(["a red square"], steps=1, seed=0)
     assert x.shape == (1, 3, 16, 16)

@@ -7,7 +7,7 @@ from PIL import Image
 from addlib import config as C
 from addlib.models import build_unet
 from addlib.sample import main
-from addlib.sampling import ADDSampler
+from addlib.export import ADDSampler
 
 
 @pytest.fixture()
