@@ -53,7 +53,8 @@ def summarise(cfg: AblationsConfig, results: dict[str, dict[int, dict[str, float
         for label, run in rows.items():
             per_seed = list(results[run].values())
             row: dict[str, Any] = {"row": label, "run": run, "seeds": len(per_seed)}
-            for m in metrics:
+            at_steps = sorted({key for r in per_seed for key in r if key.split("@")[0] in metrics and "@" in key})
+            for m in list(metrics) + at_steps:  # metric@k: the same metric at k student steps (eval_steps)
                 vals = [r[m] for r in per_seed if m in r]
                 if vals:
                     row[m] = statistics.fmean(vals)
@@ -95,21 +96,30 @@ def _costs_differ(rows: list[dict]) -> bool:
     return len({r.get("trainable_parameters") for r in rows}) > 1
 
 
+def _steps_scored(rows: list[dict]) -> list[int]:
+    """The student step counts besides 1 that the rows were scored at (ablations.eval_steps)."""
+    return sorted({int(k.split("@")[1]) for r in rows for k in r if k.startswith("fid@") and not k.endswith("_std")})
+
+
 def markdown(table1: dict) -> str:
     """Table 1 as markdown: one sub-table per ablation, mean ± std over seeds, the paper's FID beside (and,
-    where the rows train different parameters, their count, the trained state's memory and the time per step)."""
+    where the rows train different parameters, their count, the trained state's memory and the time per step;
+    where they were scored at more step counts, FID in both spaces at each)."""
     parts = []
     for table, t in table1.items():
         costs = _costs_differ(t["rows"])
+        steps = _steps_scored(t["rows"])
         extra_head = " trainable parameters | trained state (MiB) | s / step |" if costs else ""
+        extra_head += "".join(f" FID {k} steps | FID (detail) {k} steps |" for k in steps)
         lines = [f"### {TITLES.get(table, table)}", "",
                  "| row | seeds | FID | precision | recall | FID (detail) | recall (detail) | CLIP score | "
                  "prompt accuracy | paper FID |" + extra_head,
-                 "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (3 if costs else 0)]
+                 "|---|---|---|---|---|---|---|---|---|---|" + "---|" * ((3 if costs else 0) + 2 * len(steps))]
         for r in t["rows"]:
             paper = f"{r['paper_fid']:g}" if r.get("paper_fid") is not None else "-"
             extra = (f" {r.get('trainable_parameters', 0):,.0f} | {_cell(r, 'trained_state_mib', 1)} | "
                      f"{_cell(r, 'seconds_per_step', 3)} |") if costs else ""
+            extra += "".join(f" {_cell(r, f'fid@{k}', 2)} | {_cell(r, f'fid_detail@{k}', 2)} |" for k in steps)
             lines.append(f"| {r['row']} | {r['seeds']} | {_cell(r, 'fid', 2)} | {_cell(r, 'precision', 3)} | "
                          f"{_cell(r, 'recall', 3)} | {_cell(r, 'fid_detail', 2)} | {_cell(r, 'recall_detail', 3)} | "
                          f"{_cell(r, 'clip_score', 2)} | {_cell(r, 'prompt_accuracy', 3)} | {paper} |" + extra)

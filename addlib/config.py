@@ -693,13 +693,17 @@ class AblationsConfig:
     """The paper's Table 1 at this scale (stages ``ablation@<run>``; see addlib/ablations.py)."""
     steps: int                  # ADD steps per run, in place of add.train.steps (the budget)
     batch_size: int             # in place of add.train.batch_size
-    eval_samples: int           # 1-step samples scored per run and seed (evaluate's reference and seed)
+    eval_samples: int           # samples scored per run, seed and step count (evaluate's reference and seed)
+    eval_steps: list[int]       # student step counts scored: [1] is Table 1; [1, 2, 4] shows which variant
+                                # improves with steps (columns FID@2, FID@4, ...)
     runs: dict[str, AblationRun]
     tables: dict[str, dict[str, str]]   # sub-table -> row label -> run name (a run may serve several rows)
 
     def validate(self, where: str) -> None:
         _check(self.steps >= 1 and self.batch_size >= 1, f"{where}.steps", "steps and batch_size must be >= 1")
         _check(self.eval_samples >= 2, f"{where}.eval_samples", "must be >= 2")
+        _check(1 in self.eval_steps and len(set(self.eval_steps)) == len(self.eval_steps), f"{where}.eval_steps",
+               f"must hold 1 (Table 1 is at one step) and no repeats, got {self.eval_steps}")
         for name in self.runs:
             _check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)), f"{where}.runs.{name}",
                    "run names become stage and folder names: letters, digits, '_', '.', '-' only")
@@ -767,6 +771,10 @@ class Params:
         if has("evaluate"):
             bad = [k for k in self.evaluate.student_steps if k not in allowed]
             _check(not bad, f"{where}.evaluate.student_steps", f"{bad} not possible: a student trained at "
+                   f"{a.student_timesteps} samples with {allowed} steps")
+        if has("ablations"):
+            bad = [k for k in self.ablations.eval_steps if k not in allowed]
+            _check(not bad, f"{where}.ablations.eval_steps", f"{bad} not possible: a student trained at "
                    f"{a.student_timesteps} samples with {allowed} steps")
 
 

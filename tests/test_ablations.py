@@ -11,6 +11,7 @@ CATALOGUE = yaml.safe_load("""
 steps: 150
 batch_size: 64
 eval_samples: 1000
+eval_steps: [1]
 runs:
   base: {seeds: [0, 1, 2], overrides: {}}
   l1: {seeds: [0, 1, 2], overrides: {add: {distance: l1}}}
@@ -43,6 +44,7 @@ def test_parse_and_shared_runs():
     (lambda c: c["runs"]["l1"].update({"overrides": {"seed": 3}}), "runs.l1.overrides: may not set 'seed'"),
     (lambda c: c["runs"].update({"a/b": {"seeds": [0], "overrides": {}}}), "runs.a/b: run names become"),
     (lambda c: c.update({"step": 3}), "ablations.step: unknown key"),
+    (lambda c: c.update({"eval_steps": [2, 4]}), r"ablations.eval_steps: must hold 1 \(Table 1 is at one step\)"),
 ])
 def test_bad_catalogues_are_one_line_errors(change, message):
     import copy
@@ -99,6 +101,30 @@ def test_summary_means_spreads_and_the_ordering_sentence():
     md = A.markdown(A.summarise(cfg, res))
     assert "| mse | 3 | 3.00 ± 1.00 |" in md and "| l1 | 3 | 6.00 ± 1.73 |" in md and "| 20.6 |" in md
     assert md.count("### ") == 3 and "| none | 1 | 9.00 |" in md
+
+
+def test_more_step_counts_and_training_costs_add_columns():
+    """Rows scored at more student steps (eval_steps [1, 2, 4]) get FID columns per step count in both spaces;
+    a sub-table whose rows train different numbers of parameters (LoRA) gets the cost columns."""
+    cfg = parse(CATALOGUE)
+    cost = lambda n, mib, sec: {"trainable_parameters": n, "trained_state_mib": mib, "seconds_per_step": sec}  # noqa
+    res = {"base": {s: {"fid": 2.0 + s, "fid@2": 1.0, "fid_detail@2": 5.0, "fid@4": 0.5, "fid_detail@4": 4.0,
+                        **cost(1000, 8.0, 0.2)} for s in (0, 1, 2)},
+           "l1": {s: {"fid": 5.0, "fid@2": 2.0 + s, "fid_detail@2": 6.0, "fid@4": 3.0, "fid_detail@4": 7.0,
+                      **cost(100, 0.8, 0.1)} for s in (0, 1, 2)},
+           "adv_only": {0: {"fid": 2.5, **cost(1000, 8.0, 0.2)}}, "distill_only": {0: {"fid": 40.0, **cost(1000, 8.0, 0.2)}},
+           "no_cond": {0: {"fid": 1.0, **cost(1000, 8.0, 0.2)}}}
+    out = A.summarise(cfg, res)
+    l1 = out["distance"]["rows"][1]
+    assert (l1["fid@2"], l1["fid@2_std"], l1["fid@4"]) == (3.0, 1.0, 3.0)
+    md = A.markdown(out)
+    distance, loss = md.split("### ")[1:3]
+    assert "| trainable parameters | trained state (MiB) | s / step | FID 2 steps | FID (detail) 2 steps | FID 4 steps" in distance
+    assert "| 100 | 0.8 ± 0.0 | 0.100 ± 0.000 | 3.00 ± 1.00 | 6.00 ± 0.00 | 3.00 ± 0.00 | 7.00 ± 0.00 |" in distance
+    # the loss rows train the same parameters (no cost columns); adv_only was scored at one step only
+    assert "trainable parameters" not in loss and "| adversarial only | 1 | 2.50 |" in loss
+    assert "| 20.8 | - | - | - | - |" in loss and "| 315.6 | - | - | - | - |" in loss
+    assert "| 20.6 | 1.00 ± 0.00 | 5.00 ± 0.00 | 0.50 ± 0.00 | 4.00 ± 0.00 |" in loss
 
 
 def test_a_run_parses_from_the_ablation_stages_restricted_params(root):

@@ -55,11 +55,14 @@ def run(p: C.Params, name: str, root: Path = Path("."), progress: bool = True) -
                             progress=progress, fingerprint_extra=[C.to_dict(ps.features)])
         student = trained["student"]
         sched_s = student_schedule(ps.teacher.schedule, ps.add.student_zero_terminal_snr)
-        gen = E.Generator("student", "add", 1, 1.0, student, sched_s,
-                          trained_timesteps=ps.add.student_timesteps, space=teacher.space)
-        images, _ = E.generate(gen, prompts, noise, ps.evaluate.batch_size, seed=ps.evaluate.seed, progress=False)
+        scores = {}
+        for k in ab.eval_steps:  # Table 1 at one step; the other step counts as metric@k
+            gen = E.Generator("student", "add", k, 1.0, student, sched_s,
+                              trained_timesteps=ps.add.student_timesteps, space=teacher.space)
+            images, _ = E.generate(gen, prompts, noise, ps.evaluate.batch_size, seed=ps.evaluate.seed, progress=False)
+            scores.update({m if k == 1 else f"{m}@{k}": v for m, v in sc.scorer(images, prompts).items()})
         last = trained["history"][-1] if trained["history"] else {}
-        per_seed[seed] = {**sc.scorer(images, prompts), "train_seconds": trained["train_seconds"],
+        per_seed[seed] = {**scores, "train_seconds": trained["train_seconds"],
                           "steps": trained["steps"], "seconds_per_step": trained["train_seconds"] / max(1, trained["steps"]),
                           "trainable_parameters": trained["trainable_parameters"],
                           "trained_state_mib": trained["trained_state_mib"],
@@ -72,7 +75,7 @@ def run(p: C.Params, name: str, root: Path = Path("."), progress: bool = True) -
                               [1], out / "samples.png", f"ablation '{name}' (seed {seed}): 1 step after {ab.steps} steps",
                               space=teacher.space)
     metrics = {"run": name, "overrides": spec.overrides, "steps": ab.steps, "batch_size": ab.batch_size,
-               "eval_samples": ab.eval_samples, "fid_features": sc.feat_name,
+               "eval_samples": ab.eval_samples, "eval_steps": ab.eval_steps, "fid_features": sc.feat_name,
                "seeds": {str(k): v for k, v in per_seed.items()}}
     if pretrained_f is not None:
         metrics["feature_network_pretraining"] = pretrained_f
