@@ -237,7 +237,8 @@ def _check_ablations_and_report(repo: Path, log: str, tmp_path: Path) -> None:
         assert m["steps"] == 2 and [int(k) for k in m["seeds"]] == spec["seeds"]
         for seed in m["seeds"].values():
             assert seed["steps"] == 2 and all(math.isfinite(seed[k]) for k in
-                                              ["fid", "precision", "recall", "clip_score", "prompt_accuracy"])
+                                              ["fid", "precision", "recall", "clip_score", "prompt_accuracy",
+                                               "fid@2", "fid_detail@2", "seconds_per_step", "trained_state_mib"])
         assert (repo / f"reports/ablations/runs/{run}/samples.png").is_file()
         assert (repo / f"reports/executed/ablations/{run}.ipynb").is_file()
     # the F-architecture run pretrained its own F; the random-F run did not
@@ -253,7 +254,7 @@ def _check_ablations_and_report(repo: Path, log: str, tmp_path: Path) -> None:
     assert [r["seeds"] for r in table1["distance"]["rows"]] == [len(params["runs"][run]["seeds"]) for run in
                                                                 params["tables"]["distance"].values()]
     md = (repo / "reports/tables/table1.md").read_text()
-    assert md.count("### ") == len(params["tables"])
+    assert md.count("### ") == len(params["tables"]) and md.count("| FID 2 steps | FID (detail) 2 steps |") == md.count("### ")
     assert (repo / "reports/ablations/table1.png").is_file()
 
     page = (repo / "reports/html/index.html").read_text()
