@@ -215,6 +215,7 @@ def trained_state(student: torch.nn.Module, optimizer: torch.optim.Optimizer, em
         return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
     params = [p for p in student.parameters() if p.requires_grad]
-    state = nbytes(p for p in params) + nbytes(p.grad for p in params if p.grad is not None) + \
-        nbytes(t for st in optimizer.state.values() for t in st.values() if getattr(t, "ndim", 0) > 0) + nbytes(ema.shadow.values())
+    moments = (t for st in optimizer.state.values() for t in st.values() if getattr(t, "ndim", 0) > 0)
+    state = (nbytes(params) + nbytes(p.grad for p in params if p.grad is not None) + nbytes(moments)
+             + nbytes(ema.shadow.values()))
     return {"trainable_parameters": sum(p.numel() for p in params), "trained_state_mib": state / 2 ** 20}
