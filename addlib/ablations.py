@@ -44,7 +44,7 @@ def _ordering_matches(ours: dict[str, float], paper: dict[str, float]) -> bool |
 def summarise(cfg: AblationsConfig, results: dict[str, dict[int, dict[str, float]]],
               metrics: tuple[str, ...] = ("fid", "precision", "recall", "fid_detail", "recall_detail", "clip_score",
                                           "prompt_accuracy", "seconds_per_step", "trainable_parameters",
-                                          "trained_state_mib")) -> dict:
+                                          "trained_state_mib", "peak_memory_mib")) -> dict:
     """results: run -> seed -> metrics. Returns sub-table -> {rows: [...], sentence: str}; each row holds the
     label, the run, the number of seeds, mean and std of every metric, and the paper's FID where it has one."""
     out = {}
@@ -103,22 +103,23 @@ def _steps_scored(rows: list[dict]) -> list[int]:
 
 def markdown(table1: dict) -> str:
     """Table 1 as markdown: one sub-table per ablation, mean ± std over seeds, the paper's FID beside (and,
-    where the rows train different parameters, their count, the trained state's memory and the time per step;
+    where the rows train different parameters, their count, the trained state's and the peak memory and the time
+    per step;
     where they were scored at more step counts, FID in both spaces at each)."""
     parts = []
     for table, t in table1.items():
         costs = _costs_differ(t["rows"])
         steps = _steps_scored(t["rows"])
-        extra_head = " trainable parameters | trained state (MiB) | s / step |" if costs else ""
+        extra_head = " trainable parameters | trained state (MiB) | peak memory (MiB) | s / step |" if costs else ""
         extra_head += "".join(f" FID {k} steps | FID (detail) {k} steps |" for k in steps)
         lines = [f"### {TITLES.get(table, table)}", "",
                  "| row | seeds | FID | precision | recall | FID (detail) | recall (detail) | CLIP score | "
                  "prompt accuracy | paper FID |" + extra_head,
-                 "|---|---|---|---|---|---|---|---|---|---|" + "---|" * ((3 if costs else 0) + 2 * len(steps))]
+                 "|---|---|---|---|---|---|---|---|---|---|" + "---|" * ((4 if costs else 0) + 2 * len(steps))]
         for r in t["rows"]:
             paper = f"{r['paper_fid']:g}" if r.get("paper_fid") is not None else "-"
             extra = (f" {r.get('trainable_parameters', 0):,.0f} | {_cell(r, 'trained_state_mib', 1)} | "
-                     f"{_cell(r, 'seconds_per_step', 3)} |") if costs else ""
+                     f"{_cell(r, 'peak_memory_mib', 0)} | {_cell(r, 'seconds_per_step', 3)} |") if costs else ""
             extra += "".join(f" {_cell(r, f'fid@{k}', 2)} | {_cell(r, f'fid_detail@{k}', 2)} |" for k in steps)
             lines.append(f"| {r['row']} | {r['seeds']} | {_cell(r, 'fid', 2)} | {_cell(r, 'precision', 3)} | "
                          f"{_cell(r, 'recall', 3)} | {_cell(r, 'fid_detail', 2)} | {_cell(r, 'recall_detail', 3)} | "

@@ -209,8 +209,11 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
 
 
 def trained_state(student: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: EMA) -> dict:
-    """What training the student holds beyond the frozen networks: trainable parameters, and the bytes of their
-    gradients, Adam moments and EMA (measured on the tensors; activations are not included)."""
+    """What training the student holds beyond the frozen networks: trainable parameters, and the bytes of them,
+    their gradients, Adam moments and EMA (measured on the tensors; activations are not included); and the peak
+    memory so far: the accelerator's peak allocation, or on a CPU the process's peak resident size."""
+    import resource
+
     def nbytes(tensors) -> int:
         return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
@@ -218,4 +221,7 @@ def trained_state(student: torch.nn.Module, optimizer: torch.optim.Optimizer, em
     moments = (t for st in optimizer.state.values() for t in st.values() if getattr(t, "ndim", 0) > 0)
     state = (nbytes(params) + nbytes(p.grad for p in params if p.grad is not None) + nbytes(moments)
              + nbytes(ema.shadow.values()))
-    return {"trainable_parameters": sum(p.numel() for p in params), "trained_state_mib": state / 2 ** 20}
+    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10)  # Linux reports KiB
+    return {"trainable_parameters": sum(p.numel() for p in params), "trained_state_mib": state / 2 ** 20,
+            "peak_memory_mib": peak}

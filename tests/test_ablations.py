@@ -107,7 +107,8 @@ def test_more_step_counts_and_training_costs_add_columns():
     """Rows scored at more student steps (eval_steps [1, 2, 4]) get FID columns per step count in both spaces;
     a sub-table whose rows train different numbers of parameters (LoRA) gets the cost columns."""
     cfg = parse(CATALOGUE)
-    cost = lambda n, mib, sec: {"trainable_parameters": n, "trained_state_mib": mib, "seconds_per_step": sec}  # noqa
+    cost = lambda n, mib, sec: {"trainable_parameters": n, "trained_state_mib": mib, "seconds_per_step": sec,  # noqa
+                                "peak_memory_mib": 100 * mib}
     res = {"base": {s: {"fid": 2.0 + s, "fid@2": 1.0, "fid_detail@2": 5.0, "fid@4": 0.5, "fid_detail@4": 4.0,
                         **cost(1000, 8.0, 0.2)} for s in (0, 1, 2)},
            "l1": {s: {"fid": 5.0, "fid@2": 2.0 + s, "fid_detail@2": 6.0, "fid@4": 3.0, "fid_detail@4": 7.0,
@@ -119,8 +120,9 @@ def test_more_step_counts_and_training_costs_add_columns():
     assert (l1["fid@2"], l1["fid@2_std"], l1["fid@4"]) == (3.0, 1.0, 3.0)
     md = A.markdown(out)
     distance, loss = md.split("### ")[1:3]
-    assert "| trainable parameters | trained state (MiB) | s / step | FID 2 steps | FID (detail) 2 steps | FID 4 steps" in distance
-    assert "| 100 | 0.8 ± 0.0 | 0.100 ± 0.000 | 3.00 ± 1.00 | 6.00 ± 0.00 | 3.00 ± 0.00 | 7.00 ± 0.00 |" in distance
+    assert ("| trainable parameters | trained state (MiB) | peak memory (MiB) | s / step | FID 2 steps | "
+            "FID (detail) 2 steps | FID 4 steps") in distance
+    assert "| 100 | 0.8 ± 0.0 | 80 ± 0 | 0.100 ± 0.000 | 3.00 ± 1.00 | 6.00 ± 0.00 | 3.00 ± 0.00 | 7.00 ± 0.00 |" in distance
     # the loss rows train the same parameters (no cost columns); adv_only was scored at one step only
     assert "trainable parameters" not in loss and "| adversarial only | 1 | 2.50 |" in loss
     assert "| 20.8 | - | - | - | - |" in loss and "| 315.6 | - | - | - | - |" in loss

@@ -66,6 +66,7 @@ def run(p: C.Params, name: str, root: Path = Path("."), progress: bool = True) -
                           "steps": trained["steps"], "seconds_per_step": trained["train_seconds"] / max(1, trained["steps"]),
                           "trainable_parameters": trained["trainable_parameters"],
                           "trained_state_mib": trained["trained_state_mib"],
+                          "peak_memory_mib": trained["peak_memory_mib"],  # the stage process's, up to this seed
                           **{f"final_{k}": v for k, v in last.items() if k != "step"}}
         print(f"{name} seed {seed}: " + "  ".join(f"{k} {per_seed[seed][k]:.3f}" for k in
                                                    ("fid", "precision", "recall", "clip_score", "prompt_accuracy")),
