@@ -656,15 +656,20 @@ class PreferenceConfig:
     comparisons: list[list[str]]   # [a, b]: models named add@K, consistency@K or teacher@K (K steps; the
                                    # teacher's sampler and guidance are evaluate's best row at K)
     prompt_tie: float          # automatic prompt rater: probabilities closer than this are a tie
-    quality_tie: float         # automatic quality rater: realism scores closer than this (relative) are a tie
-    realism_k: int             # k of the realism score's k-NN radii
+    quality_tie: float         # automatic quality rater: reconstruction residuals closer than this (relative) tie
+    check_reals: int           # each rater's check: held-out real images of the prompted digit per study image
+    check_min: float           # a rater passes when it prefers the real image over a known failure at least this
+                               # often (quality: the teacher's 1 step; prompt following: a real image of another
+    check_band: float          # digit) and prefers one real image over another 0.5 +- check_band of the time
     elo_rounds: int            # orders the games are replayed in (the paper: 1,000)
     votes: str                 # people's vote file (JSON lines, appended by notebooks/vote.ipynb)
 
     def validate(self, where: str) -> None:
         _check(self.prompts >= 1 and self.seeds >= 1, f"{where}.prompts", "prompts and seeds must be >= 1")
         _check(self.prompt_tie >= 0 and self.quality_tie >= 0, f"{where}.prompt_tie", "tie bands must be >= 0")
-        _check(self.realism_k >= 1 and self.elo_rounds >= 1, f"{where}.realism_k", "realism_k, elo_rounds >= 1")
+        _check(self.check_reals >= 2 and self.elo_rounds >= 1, f"{where}.check_reals", "check_reals >= 2, elo_rounds >= 1")
+        _check(0.5 < self.check_min <= 1 and 0 < self.check_band < 0.5, f"{where}.check_min",
+               "check_min must be in (0.5, 1] and check_band in (0, 0.5)")
         _check(len(self.comparisons) >= 1, f"{where}.comparisons", "needs at least one comparison")
         for i, c in enumerate(self.comparisons):
             _check(len(c) == 2 and c[0] != c[1], f"{where}.comparisons[{i}]", f"needs two different models, got {c}")

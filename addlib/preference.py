@@ -2,7 +2,9 @@
 prompt and noise, two questions (which follows the prompt better, which has the higher image quality), votes
 from automatic raters and from people, win rates with 95% intervals and Elo ratings as the paper computes them.
 
-Everything here is plain data and arithmetic; the networks that score images live in the evaluation stage.
+Everything here is plain data and arithmetic, including the automatic raters' (the reconstruction residual, each
+rater's check on held-out real images, the sentence that draws no claim from a rater that failed it); the networks
+that score images live in the stage (addlib/pipeline/preference.py).
 
     pairs = schedule([("add@1", "cd@4"), ...], n_prompts, n_seeds, seed)   # balanced, blind, reproducible
     votes = automatic_votes(pairs, scores, rater="auto", tie=...)          # or people's, read_votes(path, pairs)
@@ -21,6 +23,8 @@ import os
 import random
 from collections import defaultdict
 from pathlib import Path
+
+import torch
 
 QUESTIONS = ("prompt", "quality")   # prompt following, image quality (asked separately, as in the paper)
 CHOICES = ("left", "right", "tie")
@@ -254,3 +258,53 @@ def study_results(pairs: list[Pair], votes: list[Vote], comparisons: list[tuple[
         out["elo_average"] = summary({m: [sum(v) / len(QUESTIONS) for v in zip(*(samples[q][m] for q in QUESTIONS))]
                                       for m in models})
     return out
+
+
+def reconstruction_residual(dae: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per image: the mean absolute difference between x and the autoencoder's reconstruction of it."""
+    with torch.no_grad():
+        return (dae(x) - x).abs().flatten(1).mean(1)
+
+
+def rater_check(score, reals, failure: torch.Tensor, failure_name: str, teacher_1: torch.Tensor, tie: float,
+                check_min: float, check_band: float) -> dict:
+    """A rater ``score(images, prompted labels)`` on real images (``reals``: per study image its prompted digit
+    in ``labels``, a real image of it in ``first`` and k more in ``pool``, n x k x ...): how often it prefers each pool image over
+    the known failure of the same study image, and the first real image over each pool image (ties half);
+    it passes when the first share is >= check_min and the second within 0.5 +- check_band. Also, for the
+    record, real over the teacher's 1-step sample (the paper's check for both questions)."""
+    y, n, k = reals.labels, *reals.pool.shape[:2]
+    s_pool = score(reals.pool.flatten(0, 1), y.repeat_interleave(k)).view(n, k)
+    s_first, s_fail, s_t1 = score(reals.first, y), score(failure, y), score(teacher_1, y)
+    out = {"real_over_failure": share(s_pool, s_fail[:, None], tie),
+           "real_vs_real": share(s_first[:, None], s_pool, tie),
+           "real_vs_teacher@1": share(s_pool, s_t1[:, None], tie), "pairs": n * k, "failure": failure_name}
+    out["passed"] = out["real_over_failure"] >= check_min and abs(out["real_vs_real"] - 0.5) <= check_band
+    return out
+
+
+def share(first: torch.Tensor, second: torch.Tensor, tie: float) -> float:
+    """How often a rater prefers the first image of each pair (a tie counts half); broadcasts."""
+    d = first - second
+    return float(((d > tie).float() + 0.5 * (d.abs() <= tie).float()).mean())
+
+
+def sentence(res: dict, validation: dict) -> str:
+    """Where the paper's two claims hold here (ADD at 1 step beats the consistency student at 4; at 4 steps it
+    beats the teacher at 50), per question; none from a rater that failed its check on real images."""
+    parts = []
+    for q, v in res["questions"].items():
+        check = validation[q]
+        if not check["passed"]:
+            parts.append(f"the {q} rater failed its check on real images (real preferred over "
+                         f"{check['failure']} {100 * check['real_over_failure']:.0f}% of the time, one real image "
+                         f"over another {100 * check['real_vs_real']:.0f}%), so its votes are no evidence on the "
+                         f"paper's claims")
+            continue
+        for key in ("add@1 vs consistency@4", "add@4 vs teacher@50"):
+            if key in v["win"]:
+                w = v["win"][key]
+                verdict = "holds" if w["low"] > 0.5 else "is reversed" if w["high"] < 0.5 else "is not resolved"
+                parts.append(f"{key} on {q}: {100 * w['win_rate']:.0f}% [{100 * w['low']:.0f}, "
+                             f"{100 * w['high']:.0f}], the paper's claim {verdict}")
+    return ("Automatic raters: " + "; ".join(parts) + ".") if parts else ""

@@ -210,7 +210,12 @@ def _check_preference(repo: Path) -> None:
         assert auto["games"] == n and set(auto["win"]) == {f"{a} vs {b}" for a, b in cfg["comparisons"]}
         assert all(0 <= w["low"] <= w["win_rate"] <= w["high"] <= 1 for w in auto["win"].values())
         assert set(auto["elo"]) == {m for c in cfg["comparisons"] for m in c}
-        assert all(0 <= v <= 1 for v in res["rater_validation"][q].values())
+        check = res["rater_validation"][q]
+        assert all(0 <= check[k] <= 1 for k in ("real_over_failure", "real_vs_real", "real_vs_teacher@1"))
+        assert check["pairs"] == cfg["prompts"] * cfg["seeds"] * cfg["check_reals"]
+        assert check["passed"] == (check["real_over_failure"] >= cfg["check_min"]
+                                   and abs(check["real_vs_real"] - 0.5) <= cfg["check_band"])
+        assert (f"the {q} rater failed its check" in res["sentence"]) == (not check["passed"])
     assert set(res["automatic"]["elo_average"]) == {m for c in cfg["comparisons"] for m in c}
     assert all(math.isfinite(res["seconds_per_image"][m]) for m in res["models"])
     for f in ["reports/tables/preference.md", "reports/preference/win_rates.png", "reports/preference/elo_vs_speed.png",

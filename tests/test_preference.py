@@ -171,3 +171,73 @@ def test_study_results_per_question_and_the_averaged_elo():
     assert res["elo_average"] == avg
     assert res["elo_average"]["a"]["mean"] > 1000 > res["elo_average"]["b"]["mean"]
     assert P.study_results(pairs, [], comps, 10, 0) == {"votes": 0, "questions": {}}
+
+
+def test_reconstruction_residual_by_hand():
+    import torch
+    x = torch.tensor([[[[1.0, -3.0]]], [[[0.5, 0.5]]]])
+    assert P.reconstruction_residual(torch.nn.Identity(), x).tolist() == [0.0, 0.0]
+    zero = torch.nn.Module()
+    zero.forward = lambda z: torch.zeros_like(z)
+    assert P.reconstruction_residual(zero, x).tolist() == [2.0, 0.5]   # mean |x - 0| per image
+
+
+def _reals(first, pool, labels):
+    import torch
+    from types import SimpleNamespace
+    t = torch.tensor
+    return SimpleNamespace(labels=t(labels), first=t(first, dtype=torch.float)[:, None],
+                           pool=t(pool, dtype=torch.float)[..., None])
+
+
+def test_rater_check_shares_ties_and_the_pass_rule():
+    import torch
+    t = lambda v: torch.tensor(v, dtype=torch.float)[:, None]  # noqa: E731
+    digit = lambda x, y: (x[:, 0] == y).float()  # noqa: E731  an image "is" its digit; the rater: is it the prompted one
+    reals = _reals([0, 1, 2], [[0, 0], [1, 1], [2, 2]], [0, 1, 2])
+    ok = P.rater_check(digit, reals, t([5, 5, 5]), "another digit", t([0, 1, 9]), 0.0, 0.9, 0.1)
+    # pool images (their own digit) beat other digits 6/6; first vs pool ties 6/6 -> 0.5; teacher@1 ties on 2 of 3
+    assert ok["real_over_failure"] == 1.0 and ok["real_vs_real"] == 0.5 and ok["passed"]
+    assert ok["real_vs_teacher@1"] == pytest.approx((0.5 + 0.5 + 1.0) / 3) and ok["pairs"] == 6
+    ident = lambda x, y: x[:, 0]  # noqa: E731
+    reals = _reals([1, 1], [[1, 3], [1, 3]], [0, 0])
+    c = P.rater_check(ident, reals, t([2, 2]), "f", t([2, 2]), 0.0, 0.9, 0.1)
+    assert c["real_over_failure"] == 0.5 and c["real_vs_real"] == 0.25 and not c["passed"]
+    c = P.rater_check(ident, reals, t([0, 0]), "f", t([0, 0]), 0.0, 0.9, 0.3)
+    assert c["real_over_failure"] == 1.0 and c["passed"]  # real_vs_real 0.25 is inside 0.5 +- 0.3
+    c = P.rater_check(ident, reals, t([0, 0]), "f", t([0, 0]), 0.0, 0.9, 0.2)
+    assert not c["passed"]  # ... and outside 0.5 +- 0.2
+    c = P.rater_check(ident, reals, t([1.5, 1.5]), "f", t([0, 0]), 0.6, 0.9, 0.3)
+    assert c["real_over_failure"] == 0.75  # within the tie band of 1 (half), 3 beats 1.5 + 0.6
+
+
+def test_the_sentence_draws_no_claim_from_a_rater_that_failed_its_check():
+    win = {"add@1 vs consistency@4": {"win_rate": 0.8, "low": 0.7, "high": 0.9},
+           "add@4 vs teacher@50": {"win_rate": 0.3, "low": 0.2, "high": 0.4}}
+    res = {"questions": {"prompt": {"win": win}, "quality": {"win": win}}}
+    good = {"passed": True}
+    bad = {"passed": False, "failure": "the teacher's 1 step", "real_over_failure": 0.43, "real_vs_real": 0.54}
+    s = P.sentence(res, {"prompt": good, "quality": bad})
+    assert "add@1 vs consistency@4 on prompt: 80% [70, 90], the paper's claim holds" in s
+    assert "add@4 vs teacher@50 on prompt: 30% [20, 40], the paper's claim is reversed" in s
+    assert "on quality" not in s and "the quality rater failed its check" in s and "43%" in s
+    assert s.count("holds") == 1
+
+
+def test_held_out_reals_are_distinct_images_of_the_prompted_digit_and_one_of_another():
+    import torch
+    from types import SimpleNamespace
+    from addlib.pipeline.preference import _held_out_reals
+    labels = torch.arange(30) % 3
+    split = SimpleNamespace(labels=labels, pixels=lambda: torch.arange(30.0)[:, None, None, None])  # image = index
+    r = _held_out_reals(split, torch.tensor([0, 2, 2]), k=4, seed=0)
+    ids = lambda x: x.flatten().long()  # noqa: E731
+    assert r.pool.shape == (3, 4, 1, 1, 1)
+    for i, y in enumerate([0, 2, 2]):
+        same = [int(j) for j in ids(r.pool[i])] + [int(ids(r.first)[i])]
+        assert len(set(same)) == 5 and all(labels[j] == y for j in same)
+        assert labels[ids(r.other_digit)[i]] != y
+    again = _held_out_reals(split, torch.tensor([0, 2, 2]), k=4, seed=0)
+    assert torch.equal(again.pool, r.pool) and torch.equal(again.first, r.first)
+    with pytest.raises(Exception, match="check_reals: 10 \\+ 1 held-out images of digit 0 needed, the split has 10"):
+        _held_out_reals(split, torch.tensor([0]), k=10, seed=0)
