@@ -435,6 +435,10 @@ class DiscriminatorConfig:
     # (the unrelated real x0 the batch drew); 'teacher_ode' = the embedding of the teacher's deterministic
     # solve from the same noise, a per-noise target (a deviation, see distillation.train_add).
     c_img_pure_noise: Literal["real", "teacher_ode"]
+    # ... of a fake whose student input had noise (0 < alpha_s < 1): 'real' = the paper (the x0 that was noised);
+    # 'teacher_ode' = the embedding of the teacher's solve from that same noisy input (issue 21: how much of x0's
+    # detail x_s still carries falls with s, and the student cannot be asked to reproduce the rest)
+    c_img_noisy: Literal["real", "teacher_ode"]
     ode_steps: int           # DDIM steps of that teacher solve
     ode_guidance: float      # its classifier-free guidance
 

@@ -155,24 +155,33 @@ class StudentLoss:
             "perceptual": lambda a, b: losses.distance_perceptual(a, b, discriminator.features),
         }[cfg.distance]
 
-    def fake_condition(self, pooled, c_img, z_s, s, states, mask) -> torch.Tensor | None:
+    def fake_condition(self, pooled, c_img, z0, z_s, eps, s, states, mask) -> torch.Tensor | None:
         """D's condition for the fakes. A fake made from pure noise (alpha_s = 0 carries no trace of the x0 whose
         c_img the batch drew) gets, with ``c_img_pure_noise: teacher_ode``, the embedding of the teacher's
         deterministic solve from that same noise: a deviation from the paper's literal reading (which is silent
         here) that makes D's image condition a function of the noise, so identical outputs stop receiving
-        identical gradients (without it the 1-step student collapses to one template per prompt)."""
+        identical gradients (without it the 1-step student collapses to one template per prompt). With
+        ``c_img_noisy: teacher_ode`` a fake from a noisy input (s < T-1) gets the embedding of the teacher's solve
+        from the same x0 and noise at s on the teacher's own schedule, instead of the real x0's."""
         dc = self.cfg.discriminator
         pure = s == self.sched_s.T - 1
-        if not (dc.c_img and dc.c_img_pure_noise == "teacher_ode" and pure.any()):
+        solve = torch.zeros_like(pure)
+        if dc.c_img and dc.c_img_pure_noise == "teacher_ode":
+            solve |= pure
+        if dc.c_img and dc.c_img_noisy == "teacher_ode":
+            solve |= ~pure
+        if not solve.any():
             return self.D.condition(pooled, c_img)
         with torch.no_grad():
-            n = int(pure.sum())
+            n = int(solve.sum())
             empty = tuple(a.expand(n, *a.shape[1:]) for a in self.empty)
-            z_ode = teacher_x0(self.teacher, self.sched_t, z_s[pure], s[pure], (states[pure], mask[pure]), empty,
+            # pure noise: the noise itself; a noisy input: x_s of the same x0 and eps on the teacher's schedule
+            z_in = torch.where(pure.view(-1, *[1] * (z_s.ndim - 1)), z_s, self.sched_t.add_noise(z0, eps, s))
+            z_ode = teacher_x0(self.teacher, self.sched_t, z_in[solve], s[solve], (states[solve], mask[solve]), empty,
                                dc.ode_guidance, dc.ode_steps)
             x_ode = self.space.decode(z_ode).float().clamp(-1, 1)
             c_img = c_img.clone()
-            c_img[pure] = self.D.image_embedding(x_ode)
+            c_img[solve] = self.D.image_embedding(x_ode)
         return self.D.condition(pooled, c_img)
 
     def __call__(self, student, x0: torch.Tensor, text, d: Draws) -> StudentOutput:
@@ -188,7 +197,7 @@ class StudentLoss:
         # 2. D's conditions: c_text and the real image's c_img (section 3.2, Table 1b).
         c_img = self.D.image_embedding(x0) if cfg.discriminator.c_img else None
         c_real = self.D.condition(pooled, c_img)
-        c_fake = self.fake_condition(pooled, c_img, z_s, d.s, states, mask)
+        c_fake = self.fake_condition(pooled, c_img, z0, z_s, d.eps, d.s, states, mask)
         loss = torch.zeros(n, device=x0.device)
         parts = {}
         # 3. Adversarial: L_G = -sum_k D_k(F_k(x_hat)).

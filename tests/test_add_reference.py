@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from addlib.config import ScheduleConfig
 from addlib.diffusion import NoiseSchedule
 from addlib.discriminator import Discriminator, FeatureNetwork
 from addlib.latent import PixelSpace, Teacher
@@ -107,8 +106,10 @@ def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, poo
         c_img = vit_taps(vit, x0)[1]
         c_img_fake = c_img.clone()
         pure = s == 999
-        if dc.c_img_pure_noise == "teacher_ode" and pure.any():  # DDIM from the same noise on the teacher's schedule
-            z, n = x_s.clone(), dc.ode_steps
+        solve = (pure & (dc.c_img_pure_noise == "teacher_ode")) | (~pure & (dc.c_img_noisy == "teacher_ode"))
+        if solve.any():  # DDIM on the teacher's schedule from the same noise (pure) or the same x0 and noise at s
+            x_s_teacher = col(a_t, s) * x0 + col(s_t, s) * eps
+            z, n = torch.where(pure.view(-1, 1, 1, 1), x_s, x_s_teacher), dc.ode_steps
             for j in range(n):
                 tj = (s.float() * (n - j) / n).round().long()
                 v = unet(teacher, z, tj)
@@ -116,7 +117,7 @@ def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, poo
                 if j + 1 < n:
                     tn = (s.float() * (n - j - 1) / n).round().long()
                     z = col(a_t, tn) * z0 + col(s_t, tn) * e
-            c_img_fake[pure] = vit_taps(vit, z0.clamp(-1, 1))[1][pure]
+            c_img_fake[solve] = vit_taps(vit, z0.clamp(-1, 1))[1][solve]
     c_real, c_fake = cond(c_img), cond(c_img_fake)
     # L_G: hinge generator loss, summed over heads of the token mean.
     l_g = -sum(lg.mean(1) for lg in D(vit_taps(vit, x_hat)[0], c_fake))
@@ -154,6 +155,7 @@ def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, poo
 CASES = {
     "default": {},  # perceptual distance, exponential c(t), c_img of pure-noise fakes from the teacher's solve
     "mse_sds_real_cimg_paper_t": dict(distance="mse", weighting="sds", teacher_t_at_most_s=False),
+    "cimg_noisy_from_the_teachers_solve": {},  # c_img of every fake from the teacher's solve from its own input
 }
 
 
@@ -162,7 +164,8 @@ def test_one_add_step_equals_the_reference(tmp_path, smoke_params, tiny_data, ca
     ds, cache = tiny_data
     overrides = dict(CASES[case])
     disc_cfg = dataclasses.replace(smoke_params.add.discriminator, r1_gamma=0.5, augment=[],
-                                   c_img_pure_noise="real" if case != "default" else "teacher_ode", ode_steps=3)
+                                   c_img_pure_noise="real" if case.startswith("mse") else "teacher_ode",
+                                   c_img_noisy="teacher_ode" if case.startswith("cimg_noisy") else "real", ode_steps=3)
     cfg = dataclasses.replace(smoke_params.add, discriminator=disc_cfg, lambda_adv=1.0, lambda_distill=3.0,
                               student_zero_terminal_snr=True, **overrides,
                               train=dataclasses.replace(smoke_params.add.train, steps=1, batch_size=B, grad_clip=0.0,
