@@ -371,6 +371,7 @@ class FeaturePretrainConfig:
     warmup_steps: int
     weight_decay: float
     temperature: float       # NT-Xent temperature
+    color_jitter: bool       # the views' brightness/saturation/contrast jitter (SimCLR's); false: F sees contrast
     probe_steps: int         # linear-probe optimisation steps (quality readout, not training)
     checkpoint_every: int
     log_every: int

@@ -11,6 +11,10 @@ Table 2 is worse than the 1-step row, two measurements say where the quality is 
   is the network at s itself, not an error carried over from earlier steps. (The held-out split has fewer
   images than ``samples`` at the default; these rows use all of them, and so does their floor, "data".)
 
+Beside the metrics, :func:`tone` measures what a feature space trained to ignore brightness and contrast cannot
+see: how much ink an image has and how strong its strokes are (issue 21: the student's calls at intermediate
+timesteps thin the strokes, and the k-step sampler compounds it).
+
 ``python -m addlib.pipeline.diagnose`` (the `diagnose` stage of dvc.yaml) runs both on a trained student and
 plots them with :func:`plot_refinement`.
 """
@@ -31,6 +35,16 @@ def refinement_trace(unet, schedule: NoiseSchedule, states: torch.Tensor, mask: 
     decoded x0 prediction at ``timesteps[j]``; the last element equals ``sample_student`` with all steps."""
     return [sample_student(unet, schedule, states, mask, noise, list(timesteps[:j + 1]), seed=seed,
                            batch_size=len(noise), space=space) for j in range(len(timesteps))]
+
+
+def tone(images: torch.Tensor) -> dict[str, float]:
+    """Pixel statistics of images in [-1, 1] (ink bright on a dark background): ``ink`` = the share of pixels
+    above mid-grey (0), ``contrast`` = the pixels' standard deviation, ``solid`` = the share above 0.9, and
+    ``ink_spread`` = the standard deviation over images of each image's ink share (thin and thick writers)."""
+    x = images.detach().float().flatten(1)
+    ink = (x > 0).float()
+    return {"ink": ink.mean().item(), "contrast": x.std().item(), "solid": (x > 0.9).float().mean().item(),
+            "ink_spread": ink.mean(1).std().item()}
 
 
 @torch.no_grad()

@@ -71,9 +71,9 @@ def random_affine(x: torch.Tensor, g: torch.Generator, max_rot: float = 15.0, sc
     return F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
 
 
-def simclr_view(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Affine jitter plus colour; no cutout: half-image holes on 16x16 digits stalled the loss."""
-    return diff_augment(random_affine(x, g), g, color=True, translation=False, cutout=False)
+def simclr_view(x: torch.Tensor, g: torch.Generator, color: bool = True) -> torch.Tensor:
+    """Affine jitter plus (optionally) colour; no cutout: half-image holes on 16x16 digits stalled the loss."""
+    return diff_augment(random_affine(x, g), g, color=color, translation=False, cutout=False)
 
 
 class SimCLR(nn.Module):
@@ -115,7 +115,7 @@ def pretrain_features(cfg: FeatureNetConfig, seed: int, x_train: torch.Tensor, o
     def step_fn(step: int) -> dict:
         g = step_generator(seed, step)
         x = x_in[batch_indices(step, len(x_in), pc.batch_size, seed)]
-        v1, v2 = simclr_view(x, g), simclr_view(x, g)
+        v1, v2 = simclr_view(x, g, pc.color_jitter), simclr_view(x, g, pc.color_jitter)
         z = model_p(torch.cat([v1, v2]).to(accelerator.device))
         loss = losses.nt_xent(z[: len(x)], z[len(x):], pc.temperature).mean()
         if not torch.isfinite(loss):

@@ -10,6 +10,7 @@ evaluators: run `make repro` first) and writes nothing into the project:
     python scripts/multistep_experiment.py --name noisy_ode --steps 400 \
         --set add.discriminator.c_img_noisy=teacher_ode
     -> .experiments/noisy_ode/summary.json (and the run's metrics, grids and diagnostics beside it)
+    python scripts/multistep_experiment.py --table base noisy_ode   # their summaries as a markdown table
 """
 from __future__ import annotations
 
@@ -41,7 +42,38 @@ def overrides(pairs: list[str]) -> dict:
     return out
 
 
+def table(names: list[str]) -> str:
+    """The experiments' summaries as one markdown table (docs/multistep.md is written from it)."""
+    def row(n: str) -> str:
+        s = json.loads((ROOT / ".experiments" / n / "summary.json").read_text())
+        sc, den, tr = s["scores"], s["denoise"], s.get("trace", {})
+        sets = ", ".join(f"{k}={v}" for k, v in flat(s["overrides"])) or "params.yaml"
+        cells = [f"{sc[f'fid@{k}']:.2f}" for k in (1, 2, 4)] + [f"{sc[f'fid_detail@{k}']:.2f}" for k in (1, 2, 4)]
+        cells += [f"{sc[f'recall_detail@{k}']:.2f}" for k in (1, 2, 4)]
+        cells += [f"{den[f'denoise/student/t{t}']['recall_detail']:.2f}" for t in (749, 499)]
+        ink = [den.get("data", {}).get("ink"), den.get("denoise/student/t499", {}).get("ink"),
+               tr.get("trace/4/t249", {}).get("ink")]
+        cells += ["" if v is None else f"{v:.3f}" for v in ink]
+        return f"| {n} | {sets} | " + " | ".join(cells) + " |"
+
+    head = ("| run | settings | FID@1 | FID@2 | FID@4 | FID@1 (detail) | FID@2 (detail) | FID@4 (detail) "
+            "| recall@1 (detail) | recall@2 (detail) | recall@4 (detail) | one call at 749: recall (detail) "
+            "| one call at 499: recall (detail) | ink: data | ink: one call at 499 | ink: after 4 steps |")
+    return "\n".join([head, "|" + "---|" * head.count(" | ") + "---|"] + [row(n) for n in names])
+
+
+def flat(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["--table"]:
+        print(table(sys.argv[2:]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", required=True)
     ap.add_argument("--steps", type=int, default=400)
@@ -72,17 +104,20 @@ def main(argv: list[str] | None = None) -> int:
     from addlib.pipeline import ablation, diagnose
 
     t0 = time.time()
-    metrics = ablation.run(p, a.name, root=box)
+    metrics = ablation.run(p, a.name, root=box, keep=True)  # keep the student for the diagnostics
     train_minutes = (time.time() - t0) / 60
     student = box / CHECKPOINTS / "ablations" / a.name / f"seed{a.seed}" / "student"
     diag = diagnose.run(run_p, root=box, student_dir=student, out=box / REPORTS / "diagnostics",
                         samples=a.diagnose_samples)
     scores = metrics["seeds"][str(a.seed)] if "seeds" in metrics else metrics
     keep = ("fid", "fid_detail", "recall", "recall_detail", "precision_detail", "prompt_accuracy")
+    shade = ("ink", "contrast", "ink_spread")
     summary = {"name": a.name, "overrides": overrides(a.set), "steps": a.steps, "batch_size": a.batch_size,
                "seed": a.seed, "minutes": round((time.time() - t0) / 60, 1), "train_minutes": round(train_minutes, 1),
                "scores": {f"{m}@{k}": scores.get(m if k == 1 else f"{m}@{k}") for k in (1, 2, 4) for m in keep},
-               "denoise": {k: {m: v[m] for m in keep} for k, v in diag["rows"].items() if k.startswith(("denoise", "data"))}}
+               "denoise": {k: {m: v[m] for m in keep + shade} for k, v in diag["rows"].items()
+                           if k.startswith(("denoise", "data"))},
+               "trace": {k: {m: v[m] for m in keep + shade} for k, v in diag["rows"].items() if k.startswith("trace")}}
     write_json(box / "summary.json", summary)
     print(json.dumps(summary, indent=1))
     return 0

@@ -48,8 +48,8 @@ M = [
  ("grids of the steps before a resume lost", [("addlib/distillation.py", "            if int(png.stem.split(\"_\")[1]) <= run[\"end\"] and not (Path(grid_dir) / png.name).exists():", "            if False:")], "tests/test_add.py"),
  ("a save deletes another run's checkpoints", [("addlib/training.py", "        for old in self.run_dir.glob(\"checkpoint-*\"):", "        for old in self.folder.glob(\"*/checkpoint-*\"):")], "tests/test_training.py"),
  ("diverged weights checkpointed", [("addlib/training.py", "        if not all(self.sane(w.values()) for w in weights.values()):\n            return None\n", "")], "tests/test_training.py"),
- ("c_img of pure-noise fakes from the real x0", [("addlib/objective.py", "            solve |= pure\n", "")], T_CORE),
- ("c_img of noisy fakes: the teacher's solve ignored", [("addlib/objective.py", "            solve |= ~pure\n", "")], T_CORE),
+ ("c_img of pure-noise fakes from the real x0", [("addlib/objective.py", "            solve |= pure\n", "            pass\n")], T_CORE),
+ ("c_img of noisy fakes: the teacher's solve ignored", [("addlib/objective.py", "            solve |= ~pure\n", "            pass\n")], T_CORE),
  ("c_img of noisy fakes: the solve from the student's schedule", [("addlib/objective.py", ", z_s, self.sched_t.add_noise(z0, eps, s))", ", z_s, z_s)")], T_CORE),
  ("Elo: the loser loses nothing", [("addlib/preference.py", "r[a], r[b] = r[a] + k * (s - e_a), r[b] - k * (s - e_a)", "r[a], r[b] = r[a] + k * (s - e_a), r[b]")], "tests/test_preference.py"),
  ("Elo: expected score from the wrong side", [("addlib/preference.py", "10.0 ** ((r[b] - r[a]) / 400.0)", "10.0 ** ((r[a] - r[b]) / 400.0)")], "tests/test_preference.py"),
@@ -80,6 +80,10 @@ M = [
  ("detail autoencoder without input noise", [("addlib/evaluators.py", "loss = F.mse_loss(model_p(x + cfg.noise * torch.randn(x.shape, generator=g).to(x.device)), x)", "loss = F.mse_loss(model_p(x), x)")], "tests/test_evaluators.py"),
  ("export: the student's zero-SNR schedule dropped", [("addlib/export.py", "rescale_betas_zero_snr=zero_terminal_snr or schedule.rescale_zero_terminal_snr", "rescale_betas_zero_snr=schedule.rescale_zero_terminal_snr")], "tests/test_export.py"),
  ("export: LCM's default 50-step grid", [("addlib/export.py", "original_inference_steps=n,", "original_inference_steps=50,")], "tests/test_export.py"),
+ ("tone: mid-grey counted as ink", [("addlib/diagnostics.py", "ink = (x > 0).float()", "ink = (x >= 0).float()")], "tests/test_diagnostics.py"),
+ ("tone: ink spread over pixels, not images", [("addlib/diagnostics.py", '"ink_spread": ink.mean(1).std().item()', '"ink_spread": ink.std().item()')], "tests/test_diagnostics.py"),
+ ("F views: the colour flag ignored", [("addlib/pretrain.py", "g, color=color, translation=False", "g, color=True, translation=False")], "tests/test_pretrain.py"),
+ ("F pretraining ignores color_jitter", [("addlib/pretrain.py", "simclr_view(x, g, pc.color_jitter), simclr_view(x, g, pc.color_jitter)", "simclr_view(x, g), simclr_view(x, g)")], "tests/test_pretrain.py"),
  ("export: the pipeline's prompt encoding without the attention mask", [("addlib/export.py", "attention_mask=self.config.use_attention_mask)", "attention_mask=False)")], "tests/test_export.py"),
 ]
 only = sys.argv[1:]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from addlib import config
-from addlib.diagnostics import denoise_from_data, refinement_trace
+from addlib.diagnostics import denoise_from_data, refinement_trace, tone
 from addlib.pipeline.diagnose import main
 from addlib.diffusion import NoiseSchedule
 from addlib.sampling import sample_student
@@ -74,3 +74,14 @@ def test_cli_rejects_a_missing_student_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--samples", "1"])
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_tone_by_hand():
+    """Two 2x2 images: [1, 1, -1, -1] (ink 1/2, solid 1/2) and [0.5, 0, -1, -1] (mid-grey 0 is not ink: 1/4)."""
+    x = torch.tensor([[1.0, 1.0, -1.0, -1.0], [0.5, 0.0, -1.0, -1.0]]).view(2, 1, 2, 2)
+    t = tone(x)
+    assert t["ink"] == pytest.approx(3 / 8)
+    assert t["solid"] == pytest.approx(2 / 8)
+    assert t["ink_spread"] == pytest.approx(torch.tensor([0.5, 0.25]).std().item())
+    v = x.flatten()
+    assert t["contrast"] == pytest.approx(((v - v.mean()) ** 2).sum().div(7).sqrt().item())

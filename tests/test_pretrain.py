@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from addlib import config
-from addlib.pretrain import (embed, linear_probe, load_backbone, pretrain_features, random_affine)
+from addlib import pretrain
+from addlib.pretrain import (embed, linear_probe, load_backbone, pretrain_features, random_affine, simclr_view)
 
 
 def test_load_real_timm_weights_from_a_local_file(tmp_path, smoke_params):
@@ -39,6 +40,26 @@ def test_random_affine_identity_and_background():
     torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
     bg = -torch.ones(2, 1, 8, 8)
     assert torch.allclose(random_affine(bg, g), bg)  # the background stays black (-1)
+
+
+def test_views_without_colour_jitter_keep_the_intensities():
+    """color_jitter: false leaves a view's pixel values to the affine jitter alone (F can then see contrast)."""
+    x = torch.rand(6, 1, 8, 8) * 2 - 1
+    plain = simclr_view(x, torch.Generator().manual_seed(3), color=False)
+    torch.testing.assert_close(plain, random_affine(x, torch.Generator().manual_seed(3)))
+    jittered = simclr_view(x, torch.Generator().manual_seed(3), color=True)
+    assert not torch.allclose(jittered, plain, atol=1e-3)
+
+
+@pytest.mark.parametrize("jitter", [False, True])
+def test_pretraining_draws_its_views_as_configured(tmp_path, smoke_params, tiny_data, monkeypatch, jitter):
+    seen = []
+    monkeypatch.setattr(pretrain, "simclr_view", lambda x, g, color=True: seen.append(color) or simclr_view(x, g, color))
+    ds, _ = tiny_data
+    cfg = smoke_params.features
+    cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, steps=1, batch_size=4, color_jitter=jitter))
+    pretrain_features(cfg, 0, ds.pixels(), tmp_path / "f", tmp_path / "ckpt", progress=False)
+    assert seen == [jitter, jitter]
 
 
 def test_linear_probe_separable_and_chance():

@@ -21,7 +21,7 @@ from .common import load_prepared, prune_checkpoints, sections
 from .scoring import scoring
 
 
-def run(p: C.Params, name: str, root: Path = Path("."), progress: bool = True) -> dict:
+def run(p: C.Params, name: str, root: Path = Path("."), progress: bool = True, keep: bool = False) -> dict:
     raw = C.to_dict(p)
     ab = p.ablations
     spec = ab.runs[name]
@@ -82,5 +82,6 @@ def run(p: C.Params, name: str, root: Path = Path("."), progress: bool = True) -
         metrics["feature_network_pretraining"] = pretrained_f
     write_json(out / "metrics.json", metrics)
     C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
-    prune_checkpoints(work)  # the run's F, students and checkpoints: a killed stage resumed from them until here
+    if not keep:  # the run's F, students and checkpoints: a killed stage resumed from them until here
+        prune_checkpoints(work)
     return metrics

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import config as C
-from ..diagnostics import denoise_from_data, plot_refinement, refinement_trace
+from ..diagnostics import denoise_from_data, plot_refinement, refinement_trace, tone
 from ..diffusion import student_schedule
 from ..latent import load_teacher
 from ..models import load_unet
@@ -45,10 +45,10 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True, student_dir:
     rows: dict[str, dict] = {}
 
     def score(key: str, images: torch.Tensor, prompts) -> None:
-        rows[key] = sc.scorer(images, prompts)
+        rows[key] = {**sc.scorer(images, prompts), **tone(images)}
         r = rows[key]
         print(f"{key:32s} FID {r['fid']:7.3f}  P {r['precision']:.3f}  R {r['recall']:.3f}  "
-              f"CLIP {r['clip_score']:.2f}  acc {r['prompt_accuracy']:.3f}", flush=True)
+              f"CLIP {r['clip_score']:.2f}  acc {r['prompt_accuracy']:.3f}  ink {r['ink']:.3f}", flush=True)
 
     # 1. The k-step sampler cut after each step (the evaluate stage's prompts and noise seed).
     prompts = sc.prompts_for(sc.ref, samples, seed, cache)
