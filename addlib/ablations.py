@@ -80,6 +80,7 @@ TITLES = {"distance": "Distance metric d of the distillation loss", "loss": "Los
           "features": "Discriminator feature network F (Table 1a)", "conditioning": "Discriminator conditioning (Table 1b)",
           "init": "Student initialisation (Table 1c)", "teacher_steps": "Teacher steps for the target (Table 1f)",
           "teacher_t": "Re-noising timestep of the distillation target",
+          "c_img_noisy": "D's image condition for a fake from a noisy input (x_s, s < T-1)",
           "student": "What trains: all of the student's weights or LoRA adapters (LoRA-ADD)"}
 
 

@@ -440,7 +440,8 @@ class DiscriminatorConfig:
     # 'teacher_ode' = the embedding of the teacher's solve from that same noisy input (issue 21: how much of x0's
     # detail x_s still carries falls with s, and the student cannot be asked to reproduce the rest)
     c_img_noisy: Literal["real", "teacher_ode"]
-    ode_steps: int           # DDIM steps of that teacher solve
+    ode_steps: int           # DDIM steps of that teacher solve from pure noise; from s < T-1 proportionally fewer,
+                             # ceil(ode_steps (s + 1) / T), so every solve takes steps of the same size
     ode_guidance: float      # its classifier-free guidance
 
     def validate(self, where: str) -> None:
@@ -500,7 +501,7 @@ class ADDConfig:
     student_timesteps: list[int]   # tau_1 > ... > tau_N; training draws one uniformly; tau_1 = T-1 is pure noise
     student_init: Literal["teacher", "random"]    # Table 1c
     weighting: Literal["exponential", "sds", "nfsd"]  # c(t) of the distillation loss (Table 1d)
-    distance: Literal["mse", "l1", "pseudo_huber", "perceptual"]  # d of the distillation loss
+    distance: Literal["mse", "l1", "pseudo_huber", "perceptual", "perceptual+pseudo_huber"]  # d of the distillation loss
     distill_space: Literal["pixel", "latent"]  # latent teachers: d on decoded pixels (the paper) or on latents
     lambda_distill: float    # lambda (paper: 2.5); 0 = adversarial only (Table 1d)
     lambda_adv: float        # weight of L_G; 0 = distillation only (Table 1d)
@@ -530,8 +531,8 @@ class ADDConfig:
         for key in ("teacher_guidance", "nfsd_guidance"):
             _check(getattr(self, key) >= 0, f"{where}.{key}", f"must be >= 0, got {getattr(self, key)}")
         _check(self.teacher_steps in (1, 2, 4), f"{where}.teacher_steps", "must be 1, 2 or 4")
-        _check(not (self.distance == "perceptual" and self.distill_space == "latent"), f"{where}.distance",
-               "perceptual is a distance between images: use distill_space: pixel")
+        _check(not (self.distance.startswith("perceptual") and self.distill_space == "latent"), f"{where}.distance",
+               f"{self.distance} is a distance between images: use distill_space: pixel")
         lo_hi = self.teacher_t_range
         _check(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1], f"{where}.teacher_t_range", "needs [lo, hi], lo <= hi")
         _check(self.weighting != "nfsd" or self.nfsd_negative_prompt.strip() != "", f"{where}.nfsd_negative_prompt",

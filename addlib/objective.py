@@ -153,6 +153,9 @@ class StudentLoss:
         self.distance = {
             "mse": losses.distance_mse, "l1": losses.distance_l1, "pseudo_huber": losses.distance_pseudo_huber,
             "perceptual": lambda a, b: losses.distance_perceptual(a, b, discriminator.features),
+            # the mean of the two: F's features are built blind to tone (SimCLR's colour jitter), pixels are not
+            "perceptual+pseudo_huber": lambda a, b: 0.5 * (losses.distance_perceptual(a, b, discriminator.features)
+                                                           + losses.distance_pseudo_huber(a, b)),
         }[cfg.distance]
 
     def fake_condition(self, pooled, c_img, z0, z_s, eps, s, states, mask) -> torch.Tensor | None:
@@ -173,13 +176,17 @@ class StudentLoss:
         if not solve.any():
             return self.D.condition(pooled, c_img)
         with torch.no_grad():
-            n = int(solve.sum())
-            empty = tuple(a.expand(n, *a.shape[1:]) for a in self.empty)
             # pure noise: the noise itself; a noisy input: x_s of the same x0 and eps on the teacher's schedule
             z_in = torch.where(pure.view(-1, *[1] * (z_s.ndim - 1)), z_s, self.sched_t.add_noise(z0, eps, s))
-            z_ode = teacher_x0(self.teacher, self.sched_t, z_in[solve], s[solve], (states[solve], mask[solve]), empty,
-                               dc.ode_guidance, dc.ode_steps)
-            x_ode = self.space.decode(z_ode).float().clamp(-1, 1)
+            # ceil(ode_steps (s + 1) / T) DDIM steps from s: the step size of the solve from pure noise
+            steps = (dc.ode_steps * (s + 1) + self.sched_t.T - 1) // self.sched_t.T
+            z_ode = torch.zeros_like(z_in)
+            for k in steps[solve].unique().tolist():
+                m = solve & (steps == k)
+                empty = tuple(a.expand(int(m.sum()), *a.shape[1:]) for a in self.empty)
+                z_ode[m] = teacher_x0(self.teacher, self.sched_t, z_in[m], s[m], (states[m], mask[m]), empty,
+                                      dc.ode_guidance, k)
+            x_ode = self.space.decode(z_ode[solve]).float().clamp(-1, 1)
             c_img = c_img.clone()
             c_img[solve] = self.D.image_embedding(x_ode)
         return self.D.condition(pooled, c_img)
