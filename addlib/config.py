@@ -508,6 +508,11 @@ class ADDConfig:
     teacher_steps: int       # teacher denoising steps building the target (Table 1f: 1, 2, 4)
     teacher_t_range: list[int]   # teacher timesteps t ~ U[lo, hi] for re-noising the student output
     teacher_t_at_most_s: bool    # inputs with noise (s < T-1): t ~ U[lo, min(hi, s)] (ours; the paper: U[lo, hi])
+    student_input: Literal["data", "student"]  # the x0 noised into an input x_s with s < tau_1: the data's (the
+                             # paper) | the student's own estimate one trained timestep earlier, made as its sampler
+                             # makes it, without gradient (ours: DMD2's backward simulation; docs/multistep.md)
+    lambda_ode: float        # inputs with noise (s < T-1): + lambda_ode c(s) d(x_hat, sg(x_ode)), x_ode the teacher's
+                             # deterministic solve from the same x_s (ours: DMD's regression; 0 = the paper)
     teacher_guidance: float  # classifier-free guidance of the teacher's target (exponential/sds)
     nfsd_guidance: float     # s of NFSD's delta_C term
     nfsd_negative_prompt: str  # NFSD's description of a *bad* image (delta_D = eps(empty) - eps(negative));
@@ -528,6 +533,7 @@ class ADDConfig:
                f"{where}.student_timesteps", "must be strictly decreasing non-negative timesteps")
         _check(self.lambda_distill >= 0 and self.lambda_adv >= 0, f"{where}.lambda_distill", "weights must be >= 0")
         _check(self.lambda_distill + self.lambda_adv > 0, f"{where}.lambda_adv", "both loss weights are 0")
+        _check(self.lambda_ode >= 0, f"{where}.lambda_ode", f"must be >= 0, got {self.lambda_ode}")
         for key in ("teacher_guidance", "nfsd_guidance"):
             _check(getattr(self, key) >= 0, f"{where}.{key}", f"must be >= 0, got {getattr(self, key)}")
         _check(self.teacher_steps in (1, 2, 4), f"{where}.teacher_steps", "must be 1, 2 or 4")

@@ -3,6 +3,7 @@ returns *per-sample* losses (and the per-sample values a step logs); nothing her
 ``backward`` or steps an optimizer. ``distillation.train_add`` owns those.
 
     StudentLoss:        L(x0, c) = lambda_adv L_G(x_hat) + lambda L_distill(x_hat, sg(x_psi))
+                                   [+ lambda_ode c(s) d(x_hat, sg(x_ode)) for inputs with noise; ours, off in the paper]
     DiscriminatorLoss:  L_D(x0, x_hat) = hinge_real(x0) + hinge_fake(x_hat) + gamma R1(x0)
 
 Every random draw of a step is made by :func:`draw_step` for the *global* batch and sliced (training.py's
@@ -78,6 +79,9 @@ class Draws:
     aug_g: dict | None         # D's augmentation of the generator's fakes (L_G)
     aug_real: dict | None      # ... of D's reals (L_D)
     aug_fake: dict | None      # ... of D's fakes (L_D)
+    eps_chain: torch.Tensor | None = None  # (B, N-1, ...) add.student_input: student: the noises of the sampler's
+                               # chain that makes the student's own estimate: x_{tau_1}, then the re-noisings
+                               # at tau_2 .. tau_{N-1} (the last re-noising, at s itself, is eps)
 
     def rows(self, r) -> "Draws":
         """The draws of rows ``r`` (a micro-batch or a process's share)."""
@@ -88,7 +92,8 @@ class Draws:
     def to(self, device) -> "Draws":
         """Timesteps and noises on ``device`` (augmentation parameters are moved where they are applied)."""
         return dataclasses.replace(self, s=self.s.to(device), eps=self.eps.to(device), t=self.t.to(device),
-                                   eps_prime=self.eps_prime.to(device))
+                                   eps_prime=self.eps_prime.to(device),
+                                   eps_chain=None if self.eps_chain is None else self.eps_chain.to(device))
 
 
 def teacher_timesteps(u: torch.Tensor, s: torch.Tensor, lo: int, hi: int, T: int, at_most_s: bool) -> torch.Tensor:
@@ -104,7 +109,8 @@ def teacher_timesteps(u: torch.Tensor, s: torch.Tensor, lo: int, hi: int, T: int
 def draw_step(cfg, generator: torch.Generator, aug_generator: torch.Generator, batch: int,
               latent_shape: tuple, pixel_shape: tuple, T: int) -> Draws:
     """The draws of one step for a global batch of ``batch`` (``cfg``: ADDConfig). Order of draws: s, eps, t,
-    eps_prime from ``generator``; the three augmentations from ``aug_generator``."""
+    eps_prime (then, with ``student_input: student`` only, eps_chain) from ``generator``; the three augmentations
+    from ``aug_generator``. So the paper's input (``data``) draws exactly what it drew before the option existed."""
     tau = torch.tensor(cfg.student_timesteps)
     lo, hi = cfg.teacher_t_range
     s = tau[torch.randint(0, len(tau), (batch,), generator=generator)]
@@ -112,10 +118,12 @@ def draw_step(cfg, generator: torch.Generator, aug_generator: torch.Generator, b
     t = teacher_timesteps(torch.randint(lo, hi + 1, (batch,), generator=generator), s, lo, hi, T,
                           cfg.teacher_t_at_most_s)
     eps_prime = torch.randn((batch, *latent_shape), generator=generator)
+    eps_chain = (torch.randn((batch, len(tau) - 1, *latent_shape), generator=generator)
+                 if cfg.student_input == "student" else None)
     augment = {k: k in cfg.discriminator.augment for k in ("color", "translation", "cutout")}
     augs = ([disc_mod.draw_augment(batch, *pixel_shape, aug_generator, **augment) for _ in range(3)]
             if cfg.lambda_adv > 0 else [None] * 3)
-    return Draws(s, eps, t, eps_prime, *augs)
+    return Draws(s, eps, t, eps_prime, *augs, eps_chain=eps_chain)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -124,8 +132,8 @@ def draw_step(cfg, generator: torch.Generator, aug_generator: torch.Generator, b
 
 @dataclasses.dataclass
 class StudentOutput:
-    loss: torch.Tensor         # (B,) lambda_adv L_G + lambda L_distill
-    parts: dict                # name -> (B,) tensor: loss_G, loss_distill, loss_student (what the step logs)
+    loss: torch.Tensor         # (B,) lambda_adv L_G + lambda L_distill (+ lambda_ode L_ode)
+    parts: dict                # name -> (B,) tensor: loss_G, loss_distill, loss_ode, loss_student (what the step logs)
     x_hat: torch.Tensor        # the student's decoded x0 (with its graph)
     c_real: torch.Tensor | None  # D's condition for the real x0 (no graph)
     c_fake: torch.Tensor | None  # ... for the student's x_hat
@@ -135,9 +143,15 @@ class StudentLoss:
     """The student's objective, section 3: L = lambda_adv L_G + lambda L_distill, per sample.
 
     1. x_s = alpha_s z0 + sigma_s eps at a student timestep s; x_hat = the student's x0 prediction (decoded).
+       With ``student_input: student`` (ours), z0 of an input at s < tau_1 is the student's own estimate one
+       trained timestep earlier, as its sampler makes it (:meth:`sampled_x0`), in place of the data's.
     2. L_G = -sum_k mean_n D_k(F_k(x_hat); c_text, c_img), the gradient flowing through the frozen F.
     3. x_hat re-noised with fresh eps' at a teacher timestep t on the teacher's schedule; the frozen teacher's
        x0 estimate x_psi (or NFSD's target) is the target, under stop-gradient; L_distill = c(t) d(x_hat, x_psi).
+    4. With ``lambda_ode > 0`` (ours), for inputs with noise (s < T-1): + lambda_ode c(s) d(x_hat, sg(x_ode)), x_ode
+       the teacher's deterministic solve from the same x_s (:meth:`teacher_solve`), c(.) the distillation weighting
+       read on the student's schedule at s. L_distill re-noises the student's *own* output, so nothing else ties
+       a later call's output to the input it was given (docs/multistep.md, hypothesis 8).
     """
 
     def __init__(self, cfg, teacher_unet, teacher_schedule: NoiseSchedule, student_schedule: NoiseSchedule,
@@ -158,53 +172,97 @@ class StudentLoss:
                                                            + losses.distance_pseudo_huber(a, b)),
         }[cfg.distance]
 
-    def fake_condition(self, pooled, c_img, z0, z_s, eps, s, states, mask) -> torch.Tensor | None:
-        """D's condition for the fakes. A fake made from pure noise (alpha_s = 0 carries no trace of the x0 whose
-        c_img the batch drew) gets, with ``c_img_pure_noise: teacher_ode``, the embedding of the teacher's
-        deterministic solve from that same noise: a deviation from the paper's literal reading (which is silent
-        here) that makes D's image condition a function of the noise, so identical outputs stop receiving
-        identical gradients (without it the 1-step student collapses to one template per prompt). With
-        ``c_img_noisy: teacher_ode`` a fake from a noisy input (s < T-1) gets the embedding of the teacher's solve
-        from the same x0 and noise at s on the teacher's own schedule, instead of the real x0's."""
+    @torch.no_grad()
+    def sampled_x0(self, student, z0: torch.Tensor, d: Draws, states, mask) -> torch.Tensor:
+        """The x0 that each row's input x_s noises. ``student_input: data`` (the paper): the data's z0. ``student``
+        (DMD2's backward simulation): for s = tau_k, k > 1, the estimate the student's k-step sampler
+        (sampling.sample_student on the trained timesteps) holds after its first k - 1 calls: the chain starts from
+        eps_chain[:, 0] at tau_1, and each call's x0 is re-noised with fresh eps_chain[:, j] to tau_{j+1}; no
+        gradient. The caller's re-noising to s itself uses eps. A row at tau_1 keeps the data's z0."""
+        if self.cfg.student_input == "data":
+            return z0
+        tau = torch.tensor(self.cfg.student_timesteps, device=d.s.device)
+        k = (d.s[:, None] == tau[None]).long().argmax(1)   # s = tau[k] (0-based: k calls precede s)
+        if not (k > 0).any():
+            return z0
+        x = d.eps_chain[:, 0].to(z0.dtype).clone()
+        est = z0.clone()
+        for j in range(int(k.max())):
+            on = k > j                                  # rows whose chain makes its (j+1)-th call
+            t_j = tau[j].expand(int(on.sum()))
+            out = student(x[on], t_j, encoder_hidden_states=states[on], encoder_attention_mask=mask[on]).sample
+            est[on] = self.sched_s.x0_from_output(x[on], out, t_j).to(est.dtype)
+            nxt = k > j + 1                             # rows that call again: re-noise to tau_{j+1}
+            if nxt.any():
+                x[nxt] = self.sched_s.add_noise(est[nxt], d.eps_chain[nxt, j + 1].to(est.dtype), tau[j + 1].expand(
+                    int(nxt.sum()))).to(x.dtype)
+        return est
+
+    def solve_rows(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows that need the teacher's solve from their own input (:meth:`teacher_solve`): for D's c_img of
+        the fake (pure-noise rows with ``c_img_pure_noise: teacher_ode``, noisy rows with ``c_img_noisy:
+        teacher_ode``), and for the ODE regression (noisy rows, when lambda_ode > 0)."""
         dc = self.cfg.discriminator
         pure = s == self.sched_s.T - 1
-        solve = torch.zeros_like(pure)
-        if dc.c_img and dc.c_img_pure_noise == "teacher_ode":
-            solve |= pure
-        if dc.c_img and dc.c_img_noisy == "teacher_ode":
-            solve |= ~pure
-        if not solve.any():
+        none = torch.zeros_like(pure)
+        img = ((pure & (dc.c_img_pure_noise == "teacher_ode")) | (~pure & (dc.c_img_noisy == "teacher_ode"))
+               if dc.c_img else none)
+        return img, (~pure if self.cfg.lambda_ode > 0 else none)
+
+    @torch.no_grad()
+    def teacher_solve(self, z_x0, z_s, eps, s, rows, states, mask) -> torch.Tensor:
+        """z_ode: the teacher's deterministic DDIM solve (guidance ``ode_guidance``) of rows ``rows`` from their
+        input, zeros elsewhere. From pure noise: from the noise itself. From a noisy input: from x_s of the same
+        x0 (``z_x0``, :meth:`sampled_x0`) and the same eps on the teacher's own schedule, in ceil(ode_steps (s + 1)
+        / T) steps (the step size of the solve from pure noise)."""
+        dc = self.cfg.discriminator
+        pure = s == self.sched_s.T - 1
+        z_in = torch.where(pure.view(-1, *[1] * (z_s.ndim - 1)), z_s, self.sched_t.add_noise(z_x0, eps, s))
+        steps = (dc.ode_steps * (s + 1) + self.sched_t.T - 1) // self.sched_t.T
+        z_ode = torch.zeros_like(z_in)
+        for k in steps[rows].unique().tolist():
+            m = rows & (steps == k)
+            empty = tuple(a.expand(int(m.sum()), *a.shape[1:]) for a in self.empty)
+            z_ode[m] = teacher_x0(self.teacher, self.sched_t, z_in[m], s[m], (states[m], mask[m]), empty,
+                                  dc.ode_guidance, k)
+        return z_ode
+
+    def fake_condition(self, pooled, c_img, z_ode, rows) -> torch.Tensor | None:
+        """D's condition for the fakes: c_img of the real x0, but for rows ``rows`` (:meth:`solve_rows`) the
+        embedding of the teacher's solve ``z_ode`` from the fake's own input. For a fake from pure noise
+        (``c_img_pure_noise: teacher_ode``; alpha_s = 0 carries no trace of the x0 whose c_img the batch drew) this
+        is a deviation from the paper's literal reading (which is silent here) that makes D's image condition a
+        function of the noise, so identical outputs stop receiving identical gradients (without it the 1-step
+        student collapses to one template per prompt). With ``c_img_noisy: teacher_ode`` a fake from a noisy input
+        is judged against what the teacher makes of that input, instead of the real x0's embedding."""
+        if not rows.any():
             return self.D.condition(pooled, c_img)
         with torch.no_grad():
-            # pure noise: the noise itself; a noisy input: x_s of the same x0 and eps on the teacher's schedule
-            z_in = torch.where(pure.view(-1, *[1] * (z_s.ndim - 1)), z_s, self.sched_t.add_noise(z0, eps, s))
-            # ceil(ode_steps (s + 1) / T) DDIM steps from s: the step size of the solve from pure noise
-            steps = (dc.ode_steps * (s + 1) + self.sched_t.T - 1) // self.sched_t.T
-            z_ode = torch.zeros_like(z_in)
-            for k in steps[solve].unique().tolist():
-                m = solve & (steps == k)
-                empty = tuple(a.expand(int(m.sum()), *a.shape[1:]) for a in self.empty)
-                z_ode[m] = teacher_x0(self.teacher, self.sched_t, z_in[m], s[m], (states[m], mask[m]), empty,
-                                      dc.ode_guidance, k)
-            x_ode = self.space.decode(z_ode[solve]).float().clamp(-1, 1)
             c_img = c_img.clone()
-            c_img[solve] = self.D.image_embedding(x_ode)
+            c_img[rows] = self.D.image_embedding(self.space.decode(z_ode[rows]).float().clamp(-1, 1))
         return self.D.condition(pooled, c_img)
 
     def __call__(self, student, x0: torch.Tensor, text, d: Draws) -> StudentOutput:
         cfg = self.cfg
         states, mask, pooled = text
         n = len(x0)
-        # 1. The student's x0 from x_s (z = x for a pixel-space teacher).
+        latent = cfg.distill_space == "latent"
+        # 1. The student's x0 from x_s (z = x for a pixel-space teacher); x_s noises the data's z0 or the
+        # student's own earlier estimate (student_input).
         z0 = self.space.encode(x0)
-        z_s = self.sched_s.add_noise(z0, d.eps, d.s)
+        z_x0 = self.sampled_x0(student, z0, d, states, mask)
+        z_s = self.sched_s.add_noise(z_x0, d.eps, d.s)
         z_hat = self.sched_s.x0_from_output(
             z_s, student(z_s, d.s, encoder_hidden_states=states, encoder_attention_mask=mask).sample, d.s)
         x_hat = self.space.decode(z_hat)
-        # 2. D's conditions: c_text and the real image's c_img (section 3.2, Table 1b).
+        # 2. D's conditions: c_text and the real image's c_img (section 3.2, Table 1b); the teacher's solves from
+        # the fakes' inputs, made once for c_img and the ODE regression.
+        img_rows, ode_rows = self.solve_rows(d.s)
+        z_ode = (self.teacher_solve(z_x0, z_s, d.eps, d.s, img_rows | ode_rows, states, mask)
+                 if (img_rows | ode_rows).any() else None)
         c_img = self.D.image_embedding(x0) if cfg.discriminator.c_img else None
         c_real = self.D.condition(pooled, c_img)
-        c_fake = self.fake_condition(pooled, c_img, z0, z_s, d.eps, d.s, states, mask)
+        c_fake = self.fake_condition(pooled, c_img, z_ode, img_rows)
         loss = torch.zeros(n, device=x0.device)
         parts = {}
         # 3. Adversarial: L_G = -sum_k D_k(F_k(x_hat)).
@@ -213,6 +271,7 @@ class StudentLoss:
             l_adv = losses.hinge_g(self.D.heads_forward(f_fake, c_fake))
             loss = loss + cfg.lambda_adv * l_adv
             parts["loss_G"] = l_adv
+        pred = z_hat if latent else x_hat   # the paper's latent setting compares decoded images (distill_space)
         # 4. Distillation: the teacher denoises the re-noised x_hat; c(t) d(x_hat, sg(x_psi)).
         if cfg.lambda_distill > 0:
             with torch.no_grad():
@@ -225,13 +284,24 @@ class StudentLoss:
                 else:
                     z_psi = teacher_x0(self.teacher, self.sched_t, z_t, d.t, (states, mask), empty,
                                        cfg.teacher_guidance, cfg.teacher_steps)
-                # The paper's latent setting: compare decoded images (distill_space: pixel).
-                target = z_psi if cfg.distill_space == "latent" else self.space.decode(z_psi)
-            pred = z_hat if cfg.distill_space == "latent" else x_hat
+                target = z_psi if latent else self.space.decode(z_psi)
             c_t = self.weighting(self.sched_t.alpha(d.t, pred), self.sched_t.sigma(d.t, pred))
             l_distill = losses.distillation_loss(pred.float(), target.float(), c_t, self.distance)
             loss = loss + cfg.lambda_distill * l_distill
             parts["loss_distill"] = l_distill
+        # 5. ODE regression (ours) for inputs with noise: c(s) d(x_hat, sg(x_ode)), c(.) at s on the student's
+        # schedule; rows from pure noise contribute 0.
+        if cfg.lambda_ode > 0:
+            l_ode = torch.zeros(n, device=x0.device)
+            if ode_rows.any():
+                with torch.no_grad():
+                    target = z_ode[ode_rows] if latent else self.space.decode(z_ode[ode_rows])
+                p, s = pred[ode_rows], d.s[ode_rows]
+                c_s = self.weighting(self.sched_s.alpha(s, p), self.sched_s.sigma(s, p))
+                l_ode = l_ode.index_put((ode_rows,), losses.distillation_loss(p.float(), target.float(), c_s,
+                                                                              self.distance))
+            loss = loss + cfg.lambda_ode * l_ode
+            parts["loss_ode"] = l_ode
         parts["loss_student"] = loss
         return StudentOutput(loss, parts, x_hat, None if c_real is None else c_real.detach(),
                              None if c_fake is None else c_fake.detach())

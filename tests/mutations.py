@@ -13,6 +13,7 @@ import sys
 
 R = pathlib.Path(__file__).resolve().parents[1]
 T_CORE = "tests/test_add_reference.py tests/test_add.py tests/test_losses.py tests/test_discriminator.py"
+T_ADD = "tests/test_add_reference.py tests/test_add.py"
 M = [
  ("teacher target not stop-gradiented", [("addlib/losses.py", "distance(x_hat, x_target.detach())", "distance(x_hat, x_target)"),
    ("addlib/objective.py", "            with torch.no_grad():\n                z_t = self.sched_t.add_noise(z_hat.detach(),", "            if True:\n                z_t = self.sched_t.add_noise(z_hat,")], T_CORE),
@@ -48,11 +49,25 @@ M = [
  ("grids of the steps before a resume lost", [("addlib/distillation.py", "            if int(png.stem.split(\"_\")[1]) <= run[\"end\"] and not (Path(grid_dir) / png.name).exists():", "            if False:")], "tests/test_add.py"),
  ("a save deletes another run's checkpoints", [("addlib/training.py", "        for old in self.run_dir.glob(\"checkpoint-*\"):", "        for old in self.folder.glob(\"*/checkpoint-*\"):")], "tests/test_training.py"),
  ("diverged weights checkpointed", [("addlib/training.py", "        if not all(self.sane(w.values()) for w in weights.values()):\n            return None\n", "")], "tests/test_training.py"),
- ("c_img of pure-noise fakes from the real x0", [("addlib/objective.py", "            solve |= pure\n", "            pass\n")], T_CORE),
- ("c_img of noisy fakes: the teacher's solve ignored", [("addlib/objective.py", "            solve |= ~pure\n", "            pass\n")], T_CORE),
+ ("c_img of pure-noise fakes from the real x0", [("addlib/objective.py", '(pure & (dc.c_img_pure_noise == "teacher_ode"))', "(pure & False)")], T_CORE),
+ ("c_img of noisy fakes: the teacher's solve ignored", [("addlib/objective.py", '(~pure & (dc.c_img_noisy == "teacher_ode"))', "(~pure & False)")], T_CORE),
  ("c_img solves from s < T-1 as long as from pure noise", [("addlib/objective.py", "steps = (dc.ode_steps * (s + 1) + self.sched_t.T - 1) // self.sched_t.T", "steps = torch.full_like(s, dc.ode_steps)")], T_CORE),
  ("perceptual+pseudo_huber without its pixel half", [("addlib/objective.py", "+ losses.distance_pseudo_huber(a, b))", "+ 0.0)")], T_CORE),
- ("c_img of noisy fakes: the solve from the student's schedule", [("addlib/objective.py", ", z_s, self.sched_t.add_noise(z0, eps, s))", ", z_s, z_s)")], T_CORE),
+ ("c_img of noisy fakes: the solve from the student's schedule", [("addlib/objective.py", ", z_s, self.sched_t.add_noise(z_x0, eps, s))", ", z_s, z_s)")], T_CORE),
+ ("backward simulation: the chain ignored", [("addlib/objective.py", '        if self.cfg.student_input == "data":\n            return z0', "        if True:\n            return z0")], T_ADD),
+ ("backward simulation: the chain starts from eps", [("addlib/objective.py", "x = d.eps_chain[:, 0].to(z0.dtype).clone()", "x = d.eps.to(z0.dtype).clone()")], T_ADD),
+ ("backward simulation: every re-noising reuses the start noise", [("addlib/objective.py", "d.eps_chain[nxt, j + 1]", "d.eps_chain[nxt, 0]")], T_ADD),
+ ("backward simulation: the estimate one call short", [("addlib/objective.py", "            on = k > j  ", "            on = k > j + 1  ")], T_ADD),
+ ("backward simulation: gradient through the chain", [("addlib/objective.py", "    @torch.no_grad()\n    def sampled_x0(", "    def sampled_x0(")], T_ADD),
+ ("backward simulation: the noisy c_img solve from the data's x0", [("addlib/objective.py", "self.teacher_solve(z_x0, z_s,", "self.teacher_solve(z0, z_s,")], T_ADD),
+ ("backward simulation: the chain drawn before eps_prime", [("addlib/objective.py", "    eps_prime = torch.randn((batch, *latent_shape), generator=generator)\n    eps_chain = (torch.randn((batch, len(tau) - 1, *latent_shape), generator=generator)\n                 if cfg.student_input == \"student\" else None)\n", "    eps_chain = (torch.randn((batch, len(tau) - 1, *latent_shape), generator=generator)\n                 if cfg.student_input == \"student\" else None)\n    eps_prime = torch.randn((batch, *latent_shape), generator=generator)\n")], T_ADD),
+ ("ODE regression: no c(s)", [("addlib/objective.py", "c_s = self.weighting(self.sched_s.alpha(s, p), self.sched_s.sigma(s, p))", "c_s = torch.ones_like(s, dtype=p.dtype)")], T_ADD),
+ ("ODE regression: c(s) on the teacher's schedule", [("addlib/objective.py", "c_s = self.weighting(self.sched_s.alpha(s, p), self.sched_s.sigma(s, p))", "c_s = self.weighting(self.sched_t.alpha(s, p), self.sched_t.sigma(s, p))")], T_ADD),
+ ("ODE regression: c at the teacher's t", [("addlib/objective.py", "p, s = pred[ode_rows], d.s[ode_rows]", "p, s = pred[ode_rows], d.t[ode_rows]")], T_ADD),
+ ("ODE regression: the solve made for c_img rows only", [("addlib/objective.py", "d.s, img_rows | ode_rows, states, mask)", "d.s, img_rows, states, mask)")], T_ADD),
+ ("ODE regression: the target is the student's own output", [("addlib/objective.py", "target = z_ode[ode_rows] if latent else self.space.decode(z_ode[ode_rows])", "target = pred[ode_rows].detach()")], T_ADD),
+ ("ODE regression on pure-noise inputs too", [("addlib/objective.py", "return img, (~pure if self.cfg.lambda_ode > 0 else none)", "return img, (~none if self.cfg.lambda_ode > 0 else none)")], T_ADD),
+ ("ODE regression: a batch without noisy inputs indexes the missing solve", [("addlib/objective.py", "            if ode_rows.any():\n                with torch.no_grad():\n                    target", "            if True:\n                with torch.no_grad():\n                    target")], T_ADD),
  ("Elo: the loser loses nothing", [("addlib/preference.py", "r[a], r[b] = r[a] + k * (s - e_a), r[b] - k * (s - e_a)", "r[a], r[b] = r[a] + k * (s - e_a), r[b]")], "tests/test_preference.py"),
  ("Elo: expected score from the wrong side", [("addlib/preference.py", "10.0 ** ((r[b] - r[a]) / 400.0)", "10.0 ** ((r[a] - r[b]) / 400.0)")], "tests/test_preference.py"),
  ("Elo bootstrap replays the given order", [("addlib/preference.py", "        rng.shuffle(order)\n", "")], "tests/test_preference.py"),

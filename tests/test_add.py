@@ -73,6 +73,8 @@ def test_two_steps_then_resume_equals_three(tmp_path, smoke_params, tiny_data):
     (dict(lambda_adv=0.0), {"loss_distill"}, {"loss_G", "loss_D"}),
     (dict(lambda_distill=0.0), {"loss_G", "loss_D"}, {"loss_distill"}),
     (dict(student_init="random"), {"loss_G", "loss_distill"}, set()),
+    (dict(student_input="student", lambda_ode=1.0), {"loss_G", "loss_distill", "loss_ode"}, set()),
+    (dict(lambda_ode=0.0), {"loss_G", "loss_distill"}, {"loss_ode"}),
 ])
 def test_ablation_variants_run(tmp_path, smoke_params, tiny_data, overrides, logged, absent):
     add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data, **overrides)
@@ -89,6 +91,35 @@ def test_conditioning_off_runs(tmp_path, smoke_params, tiny_data):
     disc = Discriminator(FeatureNetwork(vit, taps=[1]), 16, use_c_text=False, use_c_img=False)
     add = dataclasses.replace(add, train=dataclasses.replace(add.train, steps=1))
     assert "loss_D" in _run(add, smoke_params, ds, cache, teacher, disc, tmp_path)["history"][-1]
+
+
+def test_backward_simulation_draws_after_the_papers_draws(smoke_params):
+    """add.student_input: student draws its chain's noises after every draw of the paper's step, so the paper's
+    input (data) draws exactly what it drew before the option existed; one fresh noise per chain slot."""
+    from addlib.objective import draw_step
+    from addlib.training import step_generator
+
+    draws = {mode: draw_step(dataclasses.replace(smoke_params.add, student_input=mode), step_generator(0, 3),
+                             step_generator(0, 3, stream=1), 8, (1, 8, 8), (1, 8, 8), 1000)
+             for mode in ("data", "student")}
+    a, b = draws["data"], draws["student"]
+    for f in ("s", "eps", "t", "eps_prime"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    assert a.eps_chain is None and b.eps_chain.shape == (8, len(smoke_params.add.student_timesteps) - 1, 1, 8, 8)
+    others = [b.eps, b.eps_prime] + [b.eps_chain[:, j] for j in range(b.eps_chain.shape[1])]
+    assert all(not torch.allclose(x, y) for i, x in enumerate(others) for y in others[i + 1:])
+    assert torch.equal(b.rows(slice(2, 5)).eps_chain, b.eps_chain[2:5])
+
+
+def test_ode_regression_is_zero_without_noisy_inputs(tmp_path, smoke_params, tiny_data):
+    """lambda_ode > 0 on a batch of pure-noise inputs only (s = 999), with the paper's c_img everywhere: no row
+    needs a teacher solve, none is made, and the regression contributes exactly 0."""
+    paper = dataclasses.replace(smoke_params.add.discriminator, c_img_pure_noise="real", c_img_noisy="real")
+    add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data, student_timesteps=[999], lambda_ode=1.0,
+                                           discriminator=paper)
+    add = dataclasses.replace(add, train=dataclasses.replace(add.train, steps=1))
+    row = _run(add, smoke_params, ds, cache, teacher, disc, tmp_path)["history"][-1]
+    assert row["loss_ode"] == 0.0 and row["loss_distill"] > 0
 
 
 @pytest.mark.parametrize("at_most_s", [True, False])

@@ -91,7 +91,7 @@ def head(p, k, f, c, uv, cmap_dim=64):
 def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, pooled, draws, sched_s, sched_t):
     """The losses and gradients of one ADD step, straight from the paper's formulas."""
     (a_s, s_s), (a_t, s_t) = sched_s, sched_t
-    s, eps, t, eps_p = draws
+    s, eps, t, eps_p, eps_chain = draws
     dc = cfg.discriminator
     params = dict(student.named_parameters())
     p = {k: v.detach().clone().requires_grad_(True) for k, v in heads0.items()}
@@ -99,16 +99,34 @@ def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, poo
     D = lambda feats, c: [head(p, k, f, c, uv) for k, f in enumerate(feats)]  # noqa: E731
     unet = lambda net, x, tt: net(x, tt, encoder_hidden_states=states, encoder_attention_mask=mask).sample  # noqa: E731
 
+    # The x0 that x_s noises: the data's, or (backward simulation) the student's own estimate after the k calls
+    # its sampler makes before s = tau[k], one row at a time: from eps_chain[0] at tau[0], each x0 re-noised with
+    # eps_chain[j] to tau[j]; no gradient.
+    tau = cfg.student_timesteps
+    x0_in = x0.clone()
+    if cfg.student_input == "student":
+        with torch.no_grad():
+            for i in range(len(x0)):
+                k = tau.index(int(s[i]))
+                x = eps_chain[i, 0][None]
+                for j in range(k):
+                    tj = torch.tensor([tau[j]])
+                    v = student(x, tj, encoder_hidden_states=states[i:i + 1], encoder_attention_mask=mask[i:i + 1]).sample
+                    est = a_s[tau[j]] * x - s_s[tau[j]] * v
+                    if j + 1 < k:
+                        x = a_s[tau[j + 1]] * est + s_s[tau[j + 1]] * eps_chain[i, j + 1][None]
+                    x0_in[i] = est[0]
     # Student (v-prediction): x_s on the student's schedule; x_hat = alpha x_s - sigma v.
-    x_s = col(a_s, s) * x0 + col(s_s, s) * eps
+    x_s = col(a_s, s) * x0_in + col(s_s, s) * eps
     x_hat = col(a_s, s) * x_s - col(s_s, s) * unet(student, x_s, s)
     with torch.no_grad():
         c_img = vit_taps(vit, x0)[1]
         c_img_fake = c_img.clone()
         pure = s == 999
         solve = (pure & (dc.c_img_pure_noise == "teacher_ode")) | (~pure & (dc.c_img_noisy == "teacher_ode"))
-        if solve.any():  # DDIM on the teacher's schedule from the same noise (pure) or the same x0 and noise at s
-            x_s_teacher = col(a_t, s) * x0 + col(s_t, s) * eps
+        z0 = None
+        if solve.any() or cfg.lambda_ode > 0:  # DDIM on the teacher's schedule from the same noise (pure) or the
+            x_s_teacher = col(a_t, s) * x0_in + col(s_t, s) * eps  # same x0 and noise at s
             z = torch.where(pure.view(-1, 1, 1, 1), x_s, x_s_teacher)
             n = -(-dc.ode_steps * (s + 1) // 1000)  # ceil(N (s + 1) / T) steps: all of the same size
             z0 = torch.zeros_like(z)
@@ -128,15 +146,22 @@ def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, poo
     with torch.no_grad():
         x_t = col(a_t, t) * x_hat + col(s_t, t) * eps_p
         x_psi = col(a_t, t) * x_t - col(s_t, t) * unet(teacher, x_t, t)
-    fa, fb = vit_taps(vit, x_hat)[0], vit_taps(vit, x_psi)[0]
-    perceptual = sum(((u / (u.norm(dim=1, keepdim=True) + 1e-8) - w / (w.norm(dim=1, keepdim=True) + 1e-8)) ** 2)
-                     .sum(1).mean(1) for u, w in zip(fa, fb))
-    mse = ((x_hat - x_psi) ** 2).flatten(1).mean(1)
-    pseudo_huber = torch.sqrt(mse + 0.00054 ** 2) - 0.00054
-    d = {"perceptual": perceptual, "mse": mse, "perceptual+pseudo_huber": (perceptual + pseudo_huber) / 2}[cfg.distance]
-    c = a_t[t] if cfg.weighting == "exponential" else a_t[t] / (2 * s_t[t]) * s_t[t] ** 2
-    l_distill = c * d
+
+    def dist(x, y):
+        fa, fb = vit_taps(vit, x)[0], vit_taps(vit, y)[0]
+        perceptual = sum(((u / (u.norm(dim=1, keepdim=True) + 1e-8) - w / (w.norm(dim=1, keepdim=True) + 1e-8)) ** 2)
+                         .sum(1).mean(1) for u, w in zip(fa, fb))
+        mse = ((x - y) ** 2).flatten(1).mean(1)
+        pseudo_huber = torch.sqrt(mse + 0.00054 ** 2) - 0.00054
+        return {"perceptual": perceptual, "mse": mse, "perceptual+pseudo_huber": (perceptual + pseudo_huber) / 2}[cfg.distance]
+
+    weight = lambda a, sg: a if cfg.weighting == "exponential" else a / (2 * sg) * sg ** 2  # noqa: E731
+    l_distill = weight(a_t[t], s_t[t]) * dist(x_hat, x_psi)
     l_student = cfg.lambda_adv * l_g + cfg.lambda_distill * l_distill
+    if cfg.lambda_ode > 0:  # regression onto the teacher's (unclamped) solve from the same x_s, c(.) at s on the
+        # student's schedule, for inputs with noise only
+        l_ode = torch.where(pure, 0.0, weight(a_s[s], s_s[s]) * dist(x_hat, z0))
+        l_student = l_student + cfg.lambda_ode * l_ode
     g_student = torch.autograd.grad(l_student.mean(), list(params.values()))
     # L_D: hinge on real and fake, R1 = ||d sum_n D / d f||^2 / N on the real features.
     f_real = [f.detach().requires_grad_(True) for f in vit_taps(vit, x0)[0]]
@@ -149,6 +174,8 @@ def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, poo
     logged = {"loss_G": l_g.mean(), "loss_distill": l_distill.mean(), "loss_student": l_student.mean(),
               "loss_D": l_d.mean(), "r1": r1.mean(), "logits_real": sum(lg.mean(1) for lg in lr).mean(),
               "logits_fake": sum(lg.mean(1) for lg in lf).mean()}
+    if cfg.lambda_ode > 0:
+        logged["loss_ode"] = l_ode.mean()
     return {k: float(v) for k, v in logged.items()}, g_student, g_heads
 
 
@@ -160,6 +187,11 @@ CASES = {
     "mse_sds_real_cimg_paper_t": dict(distance="mse", weighting="sds", teacher_t_at_most_s=False),
     "cimg_noisy_from_the_teachers_solve": {},  # c_img of every fake from the teacher's solve from its own input
     "cimg_noisy_perceptual_and_pixels": dict(distance="perceptual+pseudo_huber"),  # the mean of the two distances
+    # backward simulation: x_s of s < 999 noises the student's own estimate; the c_img solve starts from it too
+    "cimg_noisy_student_input": dict(student_input="student"),
+    # the ODE regression alone, with the paper's c_img for noisy fakes: its solve is made for the regression only
+    "ode_regression": dict(lambda_ode=2.0),
+    "ode_regression_sds_student_input": dict(lambda_ode=2.0, weighting="sds", student_input="student"),
 }
 
 
@@ -200,7 +232,9 @@ def test_one_add_step_equals_the_reference(tmp_path, smoke_params, tiny_data, ca
     top = torch.where(s < 999, s.clamp(lo, hi), torch.full_like(s, hi))
     t = lo + (u - lo) * (top - lo + 1) // (hi - lo + 1) if cfg.teacher_t_at_most_s else u
     eps_p = torch.randn((B, 1, 8, 8), generator=g)
-    assert (s == 999).any() and (s < 999).any() and (s < 500).any()  # solves of 3 and of fewer steps
+    eps_chain = torch.randn((B, len(tau) - 1, 1, 8, 8), generator=g) if cfg.student_input == "student" else None
+    assert sorted(set(s.tolist())) == sorted(tau.tolist())  # every trained timestep: solves of 3 and fewer steps,
+    # chains of 0-3 student calls
     idx = batch_indices(0, len(ds), B, 0)
     x0 = ds.images[idx].float() / 127.5 - 1
     states, mask, pooled = cache[cache.rows(ds.captions)[idx]]
@@ -224,10 +258,11 @@ def test_one_add_step_equals_the_reference(tmp_path, smoke_params, tiny_data, ca
 
     zt = lambda zero: alphas_sigmas(stock.beta_schedule, stock.beta_start, stock.beta_end, zero)  # noqa: E731
     logged, g_student, g_heads = reference_step(cfg, student0, teacher0, vit, heads0, uv, x0, states, mask, pooled,
-                                                (s, eps, t, eps_p), zt(True), zt(False))
+                                                (s, eps, t, eps_p, eps_chain), zt(True), zt(False))
     row = run["history"][0]
     for k, v in logged.items():
         assert row[k] == pytest.approx(v, rel=2e-4, abs=1e-5), k
+    assert ("loss_ode" in row) == (cfg.lambda_ode > 0)
     assert len(g_student) == len(captured[0]) and len(g_heads) == len(captured[1])
     for a, b in zip(captured[0], g_student):
         torch.testing.assert_close(a, b, rtol=2e-3, atol=1e-6)

@@ -58,6 +58,8 @@ def test_unknown_key_is_named_with_suggestion(root):
     (("add", "teacher_guidance"), float("nan"), r"add\.teacher_guidance: expected a finite number, got nan"),
     (("add", "teacher_guidance"), "nan", r"add\.teacher_guidance: expected a finite number"),  # YAML: nan
     (("add", "nfsd_guidance"), -5, r"add\.nfsd_guidance: must be >= 0, got -5"),
+    (("add", "lambda_ode"), -1.0, r"add\.lambda_ode: must be >= 0, got -1\.0"),
+    (("add", "student_input"), "teacher", r"add\.student_input: 'teacher' is not one of 'data', 'student'"),
     (("teacher", "train", "lr"), float("inf"), r"teacher\.train\.lr: expected a finite number, got inf"),
     (("evaluators", "num_threads"), -3, r"evaluators\.num_threads: must be >= 0, got -3"),
     (("evaluate", "num_threads"), -3, r"evaluate\.num_threads: must be >= 0, got -3"),
