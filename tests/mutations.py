@@ -13,7 +13,8 @@ import sys
 
 R = pathlib.Path(__file__).resolve().parents[1]
 T_CORE = "tests/test_add_reference.py tests/test_add.py tests/test_losses.py tests/test_discriminator.py"
-T_ADD = "tests/test_add_reference.py tests/test_add.py"
+# the cases of the two multi-step options (add.student_input, add.lambda_ode)
+T_ADD = "tests/test_add_reference.py tests/test_add.py -k 'student_input or ode or backward_simulation or ablation_variants'"
 M = [
  ("teacher target not stop-gradiented", [("addlib/losses.py", "distance(x_hat, x_target.detach())", "distance(x_hat, x_target)"),
    ("addlib/objective.py", "            with torch.no_grad():\n                z_t = self.sched_t.add_noise(z_hat.detach(),", "            if True:\n                z_t = self.sched_t.add_noise(z_hat,")], T_CORE),

@@ -192,6 +192,8 @@ CASES = {
     # the ODE regression alone, with the paper's c_img for noisy fakes: its solve is made for the regression only
     "ode_regression": dict(lambda_ode=2.0),
     "ode_regression_sds_student_input": dict(lambda_ode=2.0, weighting="sds", student_input="student"),
+    # a student on the teacher's stock schedule: alpha_999 > 0, so c(999) would not zero a regression at pure noise
+    "ode_regression_stock_student": dict(lambda_ode=2.0, student_zero_terminal_snr=False),
 }
 
 
@@ -203,7 +205,7 @@ def test_one_add_step_equals_the_reference(tmp_path, smoke_params, tiny_data, ca
                                    c_img_pure_noise="real" if case.startswith("mse") else "teacher_ode",
                                    c_img_noisy="teacher_ode" if case.startswith("cimg_noisy") else "real", ode_steps=3)
     cfg = dataclasses.replace(smoke_params.add, discriminator=disc_cfg, lambda_adv=1.0, lambda_distill=3.0,
-                              student_zero_terminal_snr=True, **overrides,
+                              **{"student_zero_terminal_snr": True, **overrides},
                               train=dataclasses.replace(smoke_params.add.train, steps=1, batch_size=B, grad_clip=0.0,
                                                         log_every=1, sample_every=0, gradient_accumulation=1))
     # The teacher: trained (here: random) on the *stock* schedule; the student runs at zero terminal SNR.
@@ -258,13 +260,16 @@ def test_one_add_step_equals_the_reference(tmp_path, smoke_params, tiny_data, ca
 
     zt = lambda zero: alphas_sigmas(stock.beta_schedule, stock.beta_start, stock.beta_end, zero)  # noqa: E731
     logged, g_student, g_heads = reference_step(cfg, student0, teacher0, vit, heads0, uv, x0, states, mask, pooled,
-                                                (s, eps, t, eps_p, eps_chain), zt(True), zt(False))
+                                                (s, eps, t, eps_p, eps_chain), zt(cfg.student_zero_terminal_snr), zt(False))
     row = run["history"][0]
     for k, v in logged.items():
         assert row[k] == pytest.approx(v, rel=2e-4, abs=1e-5), k
     assert ("loss_ode" in row) == (cfg.lambda_ode > 0)
     assert len(g_student) == len(captured[0]) and len(g_heads) == len(captured[1])
+    # on the stock schedule x_hat = alpha_s x_s - sigma_s v has alpha_999 ~ 0.07, not 0: a few near-zero
+    # gradient entries differ by float rounding at the 1e-6 level
+    atol = 1e-6 if cfg.student_zero_terminal_snr else 1e-5
     for a, b in zip(captured[0], g_student):
-        torch.testing.assert_close(a, b, rtol=2e-3, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=atol)
     for a, b in zip(captured[1], g_heads):
         torch.testing.assert_close(a, b, rtol=2e-3, atol=1e-6)
