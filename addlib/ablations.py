@@ -81,7 +81,8 @@ TITLES = {"distance": "Distance metric d of the distillation loss", "loss": "Los
           "init": "Student initialisation (Table 1c)", "teacher_steps": "Teacher steps for the target (Table 1f)",
           "teacher_t": "Re-noising timestep of the distillation target",
           "c_img_noisy": "D's image condition for a fake from a noisy input (x_s, s < T-1)",
-          "student": "What trains: all of the student's weights or LoRA adapters (LoRA-ADD)"}
+          "student": "What trains: all of the student's weights or LoRA adapters (LoRA-ADD)",
+          "multistep": "What trains the later calls of the multi-step student (x0 of an input with noise; the ODE term)"}
 
 
 def _cell(row: dict, m: str, digits: int) -> str:
@@ -98,8 +99,10 @@ def _costs_differ(rows: list[dict]) -> bool:
 
 
 def _steps_scored(rows: list[dict]) -> list[int]:
-    """The student step counts besides 1 that the rows were scored at (ablations.eval_steps)."""
-    return sorted({int(k.split("@")[1]) for r in rows for k in r if k.startswith("fid@") and not k.endswith("_std")})
+    """The student step counts besides 1 that every row was scored at (ablations.eval_steps, or a run's own):
+    a column only where its rows compare."""
+    scored = [{int(k.split("@")[1]) for k in r if k.startswith("fid@") and not k.endswith("_std")} for r in rows]
+    return sorted(set.intersection(*scored)) if scored else []
 
 
 def markdown(table1: dict) -> str:

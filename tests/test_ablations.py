@@ -32,6 +32,9 @@ def parse(catalogue):
 def test_parse_and_shared_runs():
     cfg = parse(CATALOGUE)
     assert cfg.runs["base"].seeds == [0, 1, 2] and cfg.runs["l1"].overrides == {"add": {"distance": "l1"}}
+    # a run's own step counts replace the section's for that run only
+    own = parse({**CATALOGUE, "runs": {**CATALOGUE["runs"], "l1": {**CATALOGUE["runs"]["l1"], "eval_steps": [1, 4]}}})
+    assert own.eval_steps_of("l1") == [1, 4] and own.eval_steps_of("base") == [1]
     shared = [t for t, rows in cfg.tables.items() if "base" in rows.values()]
     assert shared == ["distance", "loss", "conditioning"]  # trained once, read by three sub-tables
 
@@ -45,6 +48,7 @@ def test_parse_and_shared_runs():
     (lambda c: c["runs"].update({"a/b": {"seeds": [0], "overrides": {}}}), "runs.a/b: run names become"),
     (lambda c: c.update({"step": 3}), "ablations.step: unknown key"),
     (lambda c: c.update({"eval_steps": [2, 4]}), r"ablations.eval_steps: must hold 1 \(Table 1 is at one step\)"),
+    (lambda c: c["runs"]["l1"].update({"eval_steps": [1, 2, 2]}), r"runs.l1.eval_steps: must hold 1 .* no repeats"),
 ])
 def test_bad_catalogues_are_one_line_errors(change, message):
     import copy
@@ -104,7 +108,8 @@ def test_summary_means_spreads_and_the_ordering_sentence():
 
 
 def test_more_step_counts_and_training_costs_add_columns():
-    """Rows scored at more student steps (eval_steps [1, 2, 4]) get FID columns per step count in both spaces;
+    """Rows scored at more student steps (eval_steps [1, 2, 4]) get FID columns per step count in both spaces
+    where every row of the sub-table was scored at that count;
     a sub-table whose rows train different numbers of parameters (LoRA) gets the cost columns."""
     cfg = parse(CATALOGUE)
     cost = lambda n, mib, sec: {"trainable_parameters": n, "trained_state_mib": mib, "seconds_per_step": sec,  # noqa
@@ -123,10 +128,16 @@ def test_more_step_counts_and_training_costs_add_columns():
     assert ("| trainable parameters | trained state (MiB) | peak memory (MiB) | s / step | FID 2 steps | "
             "FID (detail) 2 steps | FID 4 steps") in distance
     assert "| 100 | 0.8 ± 0.0 | 80 ± 0 | 0.100 ± 0.000 | 3.00 ± 1.00 | 6.00 ± 0.00 | 3.00 ± 0.00 | 7.00 ± 0.00 |" in distance
-    # the loss rows train the same parameters (no cost columns); adv_only was scored at one step only
+    # the loss rows train the same parameters (no cost columns); adv_only and distill_only were scored at one
+    # step only, so the sub-table has no step columns (base's FID@2 is not set against rows without one)
     assert "trainable parameters" not in loss and "| adversarial only | 1 | 2.50 |" in loss
-    assert "| 20.8 | - | - | - | - |" in loss and "| 315.6 | - | - | - | - |" in loss
-    assert "| 20.6 | 1.00 ± 0.00 | 5.00 ± 0.00 | 0.50 ± 0.00 | 4.00 ± 0.00 |" in loss
+    assert "steps |" not in loss and "| 20.8 |\n" in loss and "| 20.6 |\n" in loss
+    # once every row has them, the columns appear
+    for run in ("adv_only", "distill_only"):
+        res[run][0].update({"fid@2": 7.0, "fid_detail@2": 8.0})
+    loss = A.markdown(A.summarise(cfg, res)).split("### ")[2]
+    assert "FID (detail) 2 steps |" in loss and "FID 4 steps" not in loss
+    assert "| 20.8 | 7.00 | 8.00 |" in loss and "| 20.6 | 1.00 ± 0.00 | 5.00 ± 0.00 |" in loss
 
 
 def test_a_run_parses_from_the_ablation_stages_restricted_params(root):

@@ -189,6 +189,8 @@ CASES = {
     "cimg_noisy_perceptual_and_pixels": dict(distance="perceptual+pseudo_huber"),  # the mean of the two distances
     # backward simulation: x_s of s < 999 noises the student's own estimate; the c_img solve starts from it too
     "cimg_noisy_student_input": dict(student_input="student"),
+    # params.yaml's combination: both c_img solves, both distances, backward simulation and the ODE regression
+    "cimg_noisy_student_input_ode": dict(distance="perceptual+pseudo_huber", student_input="student", lambda_ode=2.0),
     # the ODE regression alone, with the paper's c_img for noisy fakes: its solve is made for the regression only
     "ode_regression": dict(lambda_ode=2.0),
     "ode_regression_sds_student_input": dict(lambda_ode=2.0, weighting="sds", student_input="student"),
@@ -205,7 +207,8 @@ def test_one_add_step_equals_the_reference(tmp_path, smoke_params, tiny_data, ca
                                    c_img_pure_noise="real" if case.startswith("mse") else "teacher_ode",
                                    c_img_noisy="teacher_ode" if case.startswith("cimg_noisy") else "real", ode_steps=3)
     cfg = dataclasses.replace(smoke_params.add, discriminator=disc_cfg, lambda_adv=1.0, lambda_distill=3.0,
-                              **{"student_zero_terminal_snr": True, **overrides},
+                              **{"student_zero_terminal_snr": True, "student_input": "data", "lambda_ode": 0.0,
+                                 **overrides},  # a case names what it turns on: params.yaml's defaults may move
                               train=dataclasses.replace(smoke_params.add.train, steps=1, batch_size=B, grad_clip=0.0,
                                                         log_every=1, sample_every=0, gradient_accumulation=1))
     # The teacher: trained (here: random) on the *stock* schedule; the student runs at zero terminal SNR.

@@ -56,7 +56,7 @@ def run(p: C.Params, name: str, root: Path = Path("."), progress: bool = True, k
         student = trained["student"]
         sched_s = student_schedule(ps.teacher.schedule, ps.add.student_zero_terminal_snr)
         scores = {}
-        for k in ab.eval_steps:  # Table 1 at one step; the other step counts as metric@k
+        for k in ab.eval_steps_of(name):  # Table 1 at one step; the other step counts as metric@k
             gen = E.Generator("student", "add", k, 1.0, student, sched_s,
                               trained_timesteps=ps.add.student_timesteps, space=teacher.space)
             images, _ = E.generate(gen, prompts, noise, ps.evaluate.batch_size, seed=ps.evaluate.seed, progress=False)
@@ -76,7 +76,7 @@ def run(p: C.Params, name: str, root: Path = Path("."), progress: bool = True, k
                               [1], out / "samples.png", f"ablation '{name}' (seed {seed}): 1 step after {ab.steps} steps",
                               space=teacher.space)
     metrics = {"run": name, "overrides": spec.overrides, "steps": ab.steps, "batch_size": ab.batch_size,
-               "eval_samples": ab.eval_samples, "eval_steps": ab.eval_steps, "fid_features": sc.feat_name,
+               "eval_samples": ab.eval_samples, "eval_steps": ab.eval_steps_of(name), "fid_features": sc.feat_name,
                "seeds": {str(k): v for k, v in per_seed.items()}}
     if pretrained_f is not None:
         metrics["feature_network_pretraining"] = pretrained_f
