@@ -21,8 +21,10 @@ setup: $(VENV)/.installed
 repro: $(VENV)/.installed
 	$(BIN)/dvc repro
 
+# Two pytest-xdist workers: the two end-to-end tests start at once, one each (tests/conftest.py gives each
+# worker half the cores); the short tests fill the time beside them.
 test: $(VENV)/.installed browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # Debian's chromium, for the report's headless-browser screenshot test (as root, or through sudo).
 browser:
