@@ -64,6 +64,19 @@ def render_site(index_notebook: str | Path, pages: dict[str, Path], out_dir: str
     return notebook_to_html(index_notebook, out_dir / "index.html", title="Adversarial Diffusion Distillation: report")
 
 
+def compact_image(png: str | Path, width: int):
+    """A PNG for the index page, shown ``width`` pixels wide and stored with a 256-colour palette: the page embeds
+    every image, and the grids of digits (grey levels and a few colours) lose nothing visible but half their bytes."""
+    import io
+
+    from IPython.display import Image
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.open(png).convert("RGB").quantize(256).save(buf, format="PNG", optimize=True)
+    return Image(data=buf.getvalue(), format="png", width=width)
+
+
 def html_table(rows: list[dict], columns: list[str], header: list[str] | None = None, digits: dict | None = None,
                table_id: str | None = None) -> str:
     """A plain HTML table (values formatted with ``digits[column]`` decimals)."""

@@ -4,6 +4,7 @@ import base64
 import io
 
 import nbformat
+import numpy as np
 from PIL import Image
 
 from addlib import report as R
@@ -58,3 +59,15 @@ def test_the_report_page_has_a_table_of_contents_whose_links_land(tmp_path, root
     for a in links:
         assert f'id="{a}"' in page, a
     assert page.index('id="sec-table1"') < page.index('id="sec-refinement"')
+
+
+def test_compact_images_keep_every_grey_level_and_take_fewer_bytes(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = np.kron(rng.integers(0, 256, (28, 36), dtype=np.uint8), np.ones((8, 8), np.uint8))  # 256 levels at most
+    rgba = Image.fromarray(np.dstack([grey, grey, grey, np.full_like(grey, 255)]), "RGBA")
+    rgba.save(tmp_path / "grid.png", optimize=True)
+    shown = R.compact_image(tmp_path / "grid.png", 300)
+    stored = Image.open(io.BytesIO(shown.data))
+    assert shown.width == 300 and stored.size == rgba.size
+    assert np.array_equal(np.asarray(stored.convert("L")), grey)  # the same picture, pixel for pixel
+    assert len(shown.data) < (tmp_path / "grid.png").stat().st_size
