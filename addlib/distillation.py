@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from torch.profiler import record_function
 
 from . import config as C
 from . import grids
@@ -130,6 +131,10 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
 
     # 4. One ADD step.
     def step_fn(step: int) -> dict:
+        with record_function("add/step"):
+            return one_step(step)
+
+    def one_step(step: int) -> dict:
         # 4a. Every random draw of the step, for the global batch; this process's images and captions.
         draws = draw_step(cfg, step_generator(seed, step), step_generator(seed, step, stream=1), tc.batch_size,
                           latent_shape, pixel_shape, sched_t.T)
@@ -151,26 +156,30 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
                 loss = out.loss.mean()
                 if not torch.isfinite(loss):
                     return {"loss_student": loss.item()}  # run_loop stops with a clear message before any update
-                accelerator.backward(loss / micro if micro > 1 else loss)
+                with record_function("add/student_backward"):
+                    accelerator.backward(loss / micro if micro > 1 else loss)
             logged(out.parts, sums)
-            fakes.append((r, x0, out.x_hat.detach(), out.c_real, out.c_fake))
+            fakes.append((r, x0, out.x_hat.detach(), out.c_real, out.c_fake, out.f_real, out.f_fake))
         d_raw.heads.requires_grad_(True)
-        if tc.grad_clip > 0:
-            accelerator.clip_grad_norm_(student.parameters(), tc.grad_clip)
-        opt_g_p.step()
-        ema.update(raw_student)
+        with record_function("add/student_update"):
+            if tc.grad_clip > 0:
+                accelerator.clip_grad_norm_(student.parameters(), tc.grad_clip)
+            opt_g_p.step()
+            ema.update(raw_student)
         # 4d. Discriminator update with L_D (hinge on real and fake, R1 on the heads' inputs for the reals).
         if cfg.lambda_adv > 0:
             opt_d_p.zero_grad(set_to_none=True)
-            for r, x0, x_hat, c_real, c_fake in fakes:
+            for r, x0, x_hat, c_real, c_fake, f_real, f_fake in fakes:
                 d = draws.rows(r)
                 with accelerator.autocast():
-                    loss_d, parts = disc_loss(x0, x_hat, c_real, c_fake, d.aug_real, d.aug_fake)
+                    loss_d, parts = disc_loss(x0, x_hat, c_real, c_fake, d.aug_real, d.aug_fake, f_real, f_fake)
                     loss_d = loss_d.mean()
-                accelerator.backward(loss_d / micro if micro > 1 else loss_d)
+                with record_function("add/D_backward"):
+                    accelerator.backward(loss_d / micro if micro > 1 else loss_d)
                 logged(parts, sums)
-            average_gradients(d_raw.heads.parameters(), accelerator)
-            opt_d_p.step()
+            with record_function("add/D_update"):
+                average_gradients(d_raw.heads.parameters(), accelerator)
+                opt_d_p.step()
         done = step + 1
         if grid_text is not None and tc.sample_every and done % tc.sample_every == 0 and accelerator.is_main_process:
             ema.copy_to(ema_model)

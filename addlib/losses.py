@@ -102,10 +102,12 @@ def distance_pseudo_huber(x: torch.Tensor, y: torch.Tensor, c: float = PSEUDO_HU
 
 
 def distance_perceptual(x: torch.Tensor, y: torch.Tensor,
-                        features: Callable[[torch.Tensor], Sequence[torch.Tensor]]) -> torch.Tensor:
+                        features: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+                        fx: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """LPIPS-style: sum over layers of the mean squared difference of channel-normalised features of a
-    frozen network (``features`` maps images to a list of (B, C, N) tensors)."""
-    fx, fy = features(x), features(y)
+    frozen network (``features`` maps images to a list of (B, C, N) tensors). ``fx``: ``features(x)`` when the
+    caller has it already (with its graph), so x is not passed through the network twice."""
+    fx, fy = (features(x) if fx is None else fx), features(y)
     out = 0.0
     for a, b in zip(fx, fy):
         a = a / (a.norm(dim=1, keepdim=True) + 1e-8)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch.profiler import record_function
 
 from . import discriminator as disc_mod
 from . import losses
@@ -29,20 +30,28 @@ from .diffusion import NoiseSchedule
 
 
 def teacher_x0(teacher, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, cond, uncond,
-               guidance: float, steps: int) -> torch.Tensor:
+               guidance: float, steps) -> torch.Tensor:
     """The teacher's x0 estimate from x_t: one prediction (steps = 1), or a deterministic DDIM solve from
     t to 0 in ``steps`` steps (Table 1f), with classifier-free guidance ``guidance``. ``schedule`` is the
-    teacher's own."""
+    teacher's own. ``steps`` is one count for every row, or a count per row ((B,) tensor): step j of every
+    solve with more than j steps is then made in one teacher call, so solves of different lengths share
+    calls (the same per-row arithmetic as solving each group of equal length on its own)."""
     from .sampling import guided_v
 
-    x = x_t
-    for j in range(steps):
-        t_j = (t.float() * (steps - j) / steps).round().long()
-        v = guided_v(teacher, x, t_j, cond, uncond, guidance)
-        x0 = schedule.x0_from_output(x, v, t_j)
-        if j + 1 < steps:
-            t_next = (t.float() * (steps - j - 1) / steps).round().long()
-            x = schedule.add_noise(x0, schedule.eps_from_output(x, v, t_j), t_next)
+    n = torch.as_tensor(steps, device=t.device).expand(len(t))
+    x, x0 = x_t, torch.zeros_like(x_t)
+    for j in range(int(n.max())):
+        on = j < n
+        rows = slice(None) if bool(on.all()) else on.nonzero().squeeze(1)
+        n_j, t_r = n[rows], t[rows]
+        t_j = (t_r.float() * (n_j - j) / n_j).round().long()
+        x_r = x[rows]
+        v = guided_v(teacher, x_r, t_j, tuple(a[rows] for a in cond), tuple(a[rows] for a in uncond), guidance)
+        x0[rows] = x0_j = schedule.x0_from_output(x_r, v, t_j)
+        if j + 1 < int(n.max()):
+            t_next = (t_r.float() * (n_j - j - 1).clamp_min(0) / n_j).round().long()
+            x = x.clone()
+            x[rows] = schedule.add_noise(x0_j, schedule.eps_from_output(x_r, v, t_j), t_next).to(x.dtype)
     return x0
 
 
@@ -137,6 +146,8 @@ class StudentOutput:
     x_hat: torch.Tensor        # the student's decoded x0 (with its graph)
     c_real: torch.Tensor | None  # D's condition for the real x0 (no graph)
     c_fake: torch.Tensor | None  # ... for the student's x_hat
+    f_real: list | None = None   # F's taps of the real x0 (no graph), for D's step when its reals are not augmented
+    f_fake: list | None = None   # ... of x_hat (no graph), for D's step when its fakes are not augmented
 
 
 class StudentLoss:
@@ -164,13 +175,17 @@ class StudentLoss:
         self.D = discriminator                  # frozen F + heads (the step freezes the heads for this loss)
         self.empty, self.negative = empty, negative  # (states, mask), each (1, L, D): "" and NFSD's negative
         self.weighting = losses.WEIGHTINGS[cfg.weighting]
-        self.distance = {
+        self.perceptual = cfg.distance in ("perceptual", "perceptual+pseudo_huber")
+
+    def distance(self, fx: list | None = None):
+        """d(x, y) per sample (add.distance); ``fx``: F's taps of x when they are computed already."""
+        perceptual = lambda a, b: losses.distance_perceptual(a, b, self.D.features, fx)  # noqa: E731
+        return {
             "mse": losses.distance_mse, "l1": losses.distance_l1, "pseudo_huber": losses.distance_pseudo_huber,
-            "perceptual": lambda a, b: losses.distance_perceptual(a, b, discriminator.features),
+            "perceptual": perceptual,
             # the mean of the two: F's features are built blind to tone (SimCLR's colour jitter), pixels are not
-            "perceptual+pseudo_huber": lambda a, b: 0.5 * (losses.distance_perceptual(a, b, discriminator.features)
-                                                           + losses.distance_pseudo_huber(a, b)),
-        }[cfg.distance]
+            "perceptual+pseudo_huber": lambda a, b: 0.5 * (perceptual(a, b) + losses.distance_pseudo_huber(a, b)),
+        }[self.cfg.distance]
 
     @torch.no_grad()
     def sampled_x0(self, student, z0: torch.Tensor, d: Draws, states, mask) -> torch.Tensor:
@@ -220,11 +235,11 @@ class StudentLoss:
         z_in = torch.where(pure.view(-1, *[1] * (z_s.ndim - 1)), z_s, self.sched_t.add_noise(z_x0, eps, s))
         steps = (dc.ode_steps * (s + 1) + self.sched_t.T - 1) // self.sched_t.T
         z_ode = torch.zeros_like(z_in)
-        for k in steps[rows].unique().tolist():
-            m = rows & (steps == k)
-            empty = tuple(a.expand(int(m.sum()), *a.shape[1:]) for a in self.empty)
-            z_ode[m] = teacher_x0(self.teacher, self.sched_t, z_in[m], s[m], (states[m], mask[m]), empty,
-                                  dc.ode_guidance, k)
+        m = rows
+        empty = tuple(a.expand(int(m.sum()), *a.shape[1:]) for a in self.empty)
+        # one solve of every row: steps of equal index share a teacher call (teacher_x0's per-row steps)
+        z_ode[m] = teacher_x0(self.teacher, self.sched_t, z_in[m], s[m], (states[m], mask[m]), empty,
+                              dc.ode_guidance, steps[m])
         return z_ode
 
     def fake_condition(self, pooled, c_img, z_ode, rows) -> torch.Tensor | None:
@@ -250,31 +265,46 @@ class StudentLoss:
         # 1. The student's x0 from x_s (z = x for a pixel-space teacher); x_s noises the data's z0 or the
         # student's own earlier estimate (student_input).
         z0 = self.space.encode(x0)
-        z_x0 = self.sampled_x0(student, z0, d, states, mask)
-        z_s = self.sched_s.add_noise(z_x0, d.eps, d.s)
-        z_hat = self.sched_s.x0_from_output(
-            z_s, student(z_s, d.s, encoder_hidden_states=states, encoder_attention_mask=mask).sample, d.s)
-        x_hat = self.space.decode(z_hat)
+        with record_function("add/backward_simulation"):
+            z_x0 = self.sampled_x0(student, z0, d, states, mask)
+        with record_function("add/student_forward"):
+            z_s = self.sched_s.add_noise(z_x0, d.eps, d.s)
+            z_hat = self.sched_s.x0_from_output(
+                z_s, student(z_s, d.s, encoder_hidden_states=states, encoder_attention_mask=mask).sample, d.s)
+            x_hat = self.space.decode(z_hat)
         # 2. D's conditions: c_text and the real image's c_img (section 3.2, Table 1b); the teacher's solves from
         # the fakes' inputs, made once for c_img and the ODE regression.
         img_rows, ode_rows = self.solve_rows(d.s)
-        z_ode = (self.teacher_solve(z_x0, z_s, d.eps, d.s, img_rows | ode_rows, states, mask)
-                 if (img_rows | ode_rows).any() else None)
-        c_img = self.D.image_embedding(x0) if cfg.discriminator.c_img else None
-        c_real = self.D.condition(pooled, c_img)
-        c_fake = self.fake_condition(pooled, c_img, z_ode, img_rows)
+        with record_function("add/teacher_solve"):
+            z_ode = (self.teacher_solve(z_x0, z_s, d.eps, d.s, img_rows | ode_rows, states, mask)
+                     if (img_rows | ode_rows).any() else None)
+        # F runs once on the real x0 (c_img and D's reals) and once on x_hat (L_G, the perceptual distances and
+        # D's fakes) wherever no augmentation stands between.
+        adv = cfg.lambda_adv > 0
+        f_real = f_hat = c_img = None
+        with record_function("add/c_img"):
+            if cfg.discriminator.c_img or (adv and not d.aug_real):
+                with torch.no_grad():
+                    f_real, c_img = self.D.F(x0)
+            c_img = c_img if cfg.discriminator.c_img else None
+            c_real = self.D.condition(pooled, c_img)
+            c_fake = self.fake_condition(pooled, c_img, z_ode, img_rows)
+        if (adv and not d.aug_g) or (self.perceptual and not latent):
+            with record_function("add/F_x_hat"):
+                f_hat = self.D.features(x_hat)
         loss = torch.zeros(n, device=x0.device)
         parts = {}
         # 3. Adversarial: L_G = -sum_k D_k(F_k(x_hat)).
-        if cfg.lambda_adv > 0:
-            f_fake = self.D.features(disc_mod.apply_augment(x_hat, d.aug_g))
-            l_adv = losses.hinge_g(self.D.heads_forward(f_fake, c_fake))
+        if adv:
+            with record_function("add/L_G"):
+                f_fake = f_hat if not d.aug_g else self.D.features(disc_mod.apply_augment(x_hat, d.aug_g))
+                l_adv = losses.hinge_g(self.D.heads_forward(f_fake, c_fake))
             loss = loss + cfg.lambda_adv * l_adv
             parts["loss_G"] = l_adv
         pred = z_hat if latent else x_hat   # the paper's latent setting compares decoded images (distill_space)
         # 4. Distillation: the teacher denoises the re-noised x_hat; c(t) d(x_hat, sg(x_psi)).
         if cfg.lambda_distill > 0:
-            with torch.no_grad():
+            with torch.no_grad(), record_function("add/distill_target"):
                 z_t = self.sched_t.add_noise(z_hat.detach(), d.eps_prime, d.t)
                 empty = tuple(a.expand(n, *a.shape[1:]) for a in self.empty)
                 if cfg.weighting == "nfsd":
@@ -285,8 +315,10 @@ class StudentLoss:
                     z_psi = teacher_x0(self.teacher, self.sched_t, z_t, d.t, (states, mask), empty,
                                        cfg.teacher_guidance, cfg.teacher_steps)
                 target = z_psi if latent else self.space.decode(z_psi)
-            c_t = self.weighting(self.sched_t.alpha(d.t, pred), self.sched_t.sigma(d.t, pred))
-            l_distill = losses.distillation_loss(pred.float(), target.float(), c_t, self.distance)
+            with record_function("add/distill_distance"):
+                c_t = self.weighting(self.sched_t.alpha(d.t, pred), self.sched_t.sigma(d.t, pred))
+                l_distill = losses.distillation_loss(pred.float(), target.float(), c_t,
+                                                     self.distance(None if latent else f_hat))
             loss = loss + cfg.lambda_distill * l_distill
             parts["loss_distill"] = l_distill
         # 5. ODE regression (ours) for inputs with noise: c(s) d(x_hat, sg(x_ode)), c(.) at s on the student's
@@ -294,17 +326,21 @@ class StudentLoss:
         if cfg.lambda_ode > 0:
             l_ode = torch.zeros(n, device=x0.device)
             if ode_rows.any():
-                with torch.no_grad():
+                with torch.no_grad(), record_function("add/ode_target_decode"):
                     target = z_ode[ode_rows] if latent else self.space.decode(z_ode[ode_rows])
-                p, s = pred[ode_rows], d.s[ode_rows]
-                c_s = self.weighting(self.sched_s.alpha(s, p), self.sched_s.sigma(s, p))
-                l_ode = l_ode.index_put((ode_rows,), losses.distillation_loss(p.float(), target.float(), c_s,
-                                                                              self.distance))
+                with record_function("add/ode_distance"):
+                    p, s = pred[ode_rows], d.s[ode_rows]
+                    c_s = self.weighting(self.sched_s.alpha(s, p), self.sched_s.sigma(s, p))
+                    f_p = None if latent or f_hat is None else [f[ode_rows] for f in f_hat]
+                    l_ode = l_ode.index_put((ode_rows,), losses.distillation_loss(p.float(), target.float(), c_s,
+                                                                                  self.distance(f_p)))
             loss = loss + cfg.lambda_ode * l_ode
             parts["loss_ode"] = l_ode
         parts["loss_student"] = loss
+        detached = lambda fs, aug: None if fs is None or aug else [f.detach() for f in fs]  # noqa: E731  (aug: {} = none)
         return StudentOutput(loss, parts, x_hat, None if c_real is None else c_real.detach(),
-                             None if c_fake is None else c_fake.detach())
+                             None if c_fake is None else c_fake.detach(), detached(f_real, d.aug_real),
+                             detached(f_hat, d.aug_fake))
 
 
 class DiscriminatorLoss:
@@ -320,15 +356,22 @@ class DiscriminatorLoss:
         self.gamma = r1_gamma         # R1 weight (token-count normalised, losses.r1_penalty)
 
     def __call__(self, x0: torch.Tensor, x_hat: torch.Tensor, c_real, c_fake, aug_real: dict | None,
-                 aug_fake: dict | None) -> tuple[torch.Tensor, dict]:
-        with torch.no_grad():
-            f_real = self.D.features(disc_mod.apply_augment(x0, aug_real))
-            f_fake = self.D.features(disc_mod.apply_augment(x_hat.detach(), aug_fake))
-        f_real = [f.detach().float().requires_grad_(self.gamma > 0) for f in f_real]
-        logits_real = self.D.heads_forward(f_real, c_real)
-        logits_fake = self.D.heads_forward([f.float() for f in f_fake], c_fake)
-        l_d = losses.hinge_d_real(logits_real) + losses.hinge_d_fake(logits_fake)
-        r1 = losses.r1_penalty(logits_real, f_real) if self.gamma > 0 else torch.zeros_like(l_d)
+                 aug_fake: dict | None, f_real: list | None = None, f_fake: list | None = None
+                 ) -> tuple[torch.Tensor, dict]:
+        """``f_real``, ``f_fake``: F's taps of the (unaugmented) x0 and x_hat when the student's loss has them
+        (StudentOutput); F is frozen, so they are the taps this step would compute again."""
+        with torch.no_grad(), record_function("add/D_features"):
+            if f_real is None:
+                f_real = self.D.features(disc_mod.apply_augment(x0, aug_real))
+            if f_fake is None:
+                f_fake = self.D.features(disc_mod.apply_augment(x_hat.detach(), aug_fake))
+        with record_function("add/D_heads"):
+            f_real = [f.detach().float().requires_grad_(self.gamma > 0) for f in f_real]
+            logits_real = self.D.heads_forward(f_real, c_real)
+            logits_fake = self.D.heads_forward([f.float() for f in f_fake], c_fake)
+            l_d = losses.hinge_d_real(logits_real) + losses.hinge_d_fake(logits_fake)
+        with record_function("add/D_R1"):
+            r1 = losses.r1_penalty(logits_real, f_real) if self.gamma > 0 else torch.zeros_like(l_d)
         parts = {"loss_D": l_d, "r1": r1,
                  "logits_real": sum(l.detach().float().mean(1) for l in logits_real),
                  "logits_fake": sum(l.detach().float().mean(1) for l in logits_fake)}

@@ -17,7 +17,7 @@ T_CORE = "tests/test_add_reference.py tests/test_add.py tests/test_losses.py tes
 T_ADD = "tests/test_add_reference.py tests/test_add.py -k 'student_input or ode or backward_simulation or ablation_variants'"
 M = [
  ("teacher target not stop-gradiented", [("addlib/losses.py", "distance(x_hat, x_target.detach())", "distance(x_hat, x_target)"),
-   ("addlib/objective.py", "            with torch.no_grad():\n                z_t = self.sched_t.add_noise(z_hat.detach(),", "            if True:\n                z_t = self.sched_t.add_noise(z_hat,")], T_CORE),
+   ("addlib/objective.py", "            with torch.no_grad(), record_function(\"add/distill_target\"):\n                z_t = self.sched_t.add_noise(z_hat.detach(),", "            if True:\n                z_t = self.sched_t.add_noise(z_hat,")], T_CORE),
  ("L_G sign flipped", [("addlib/objective.py", "l_adv = losses.hinge_g(", "l_adv = -losses.hinge_g(")], T_CORE),
  ("c(t) at s instead of t", [("addlib/objective.py", "self.weighting(self.sched_t.alpha(d.t, pred), self.sched_t.sigma(d.t, pred))", "self.weighting(self.sched_t.alpha(d.s, pred), self.sched_t.sigma(d.s, pred))")], T_CORE),
  ("teacher re-noising reuses the student's eps", [("addlib/objective.py", "d.eps_prime, d.t)", "d.eps, d.t)")], T_CORE),
@@ -68,7 +68,14 @@ M = [
  ("ODE regression: the solve made for c_img rows only", [("addlib/objective.py", "d.s, img_rows | ode_rows, states, mask)", "d.s, img_rows, states, mask)")], T_ADD),
  ("ODE regression: the target is the student's own output", [("addlib/objective.py", "target = z_ode[ode_rows] if latent else self.space.decode(z_ode[ode_rows])", "target = pred[ode_rows].detach()")], T_ADD),
  ("ODE regression on pure-noise inputs too", [("addlib/objective.py", "return img, (~pure if self.cfg.lambda_ode > 0 else none)", "return img, (~none if self.cfg.lambda_ode > 0 else none)")], T_ADD),
- ("ODE regression: a batch without noisy inputs indexes the missing solve", [("addlib/objective.py", "            if ode_rows.any():\n                with torch.no_grad():\n                    target", "            if True:\n                with torch.no_grad():\n                    target")], T_ADD),
+ ("ODE regression: a batch without noisy inputs indexes the missing solve", [("addlib/objective.py", "            if ode_rows.any():\n                with torch.no_grad(), record_function(\"add/ode_target_decode\"):\n                    target", "            if True:\n                with torch.no_grad():\n                    target")], T_ADD),
+ # speed-ups that must compute what the slow path did (issue 37)
+ ("lockstep solve: every row on the longest solve's timesteps", [("addlib/objective.py", "t_j = (t_r.float() * (n_j - j) / n_j).round().long()", "t_j = (t_r.float() * (n.max() - j) / n.max()).round().long()")], T_CORE),
+ ("lockstep solve: re-noised one step too high", [("addlib/objective.py", "(n_j - j - 1).clamp_min(0) / n_j)", "(n_j - j).clamp_min(0) / n_j)")], T_CORE),
+ ("shared F: D's augmented reals get the unaugmented taps", [("addlib/objective.py", "detached(f_real, d.aug_real)", "detached(f_real, None)")], T_CORE),
+ ("shared F: D's augmented fakes get the unaugmented taps", [("addlib/objective.py", "detached(f_hat, d.aug_fake)", "detached(f_hat, None)")], T_CORE),
+ ("shared F: L_G on detached taps", [("addlib/objective.py", "                f_hat = self.D.features(x_hat)\n", "                f_hat = [f.detach() for f in self.D.features(x_hat)]\n")], T_CORE),
+ ("shared F: D's fakes get the reals' taps", [("addlib/objective.py", "detached(f_hat, d.aug_fake))", "detached(f_real, d.aug_fake))")], T_CORE),
  ("Elo: the loser loses nothing", [("addlib/preference.py", "r[a], r[b] = r[a] + k * (s - e_a), r[b] - k * (s - e_a)", "r[a], r[b] = r[a] + k * (s - e_a), r[b]")], "tests/test_preference.py"),
  ("Elo: expected score from the wrong side", [("addlib/preference.py", "10.0 ** ((r[b] - r[a]) / 400.0)", "10.0 ** ((r[a] - r[b]) / 400.0)")], "tests/test_preference.py"),
  ("Elo bootstrap replays the given order", [("addlib/preference.py", "        rng.shuffle(order)\n", "")], "tests/test_preference.py"),

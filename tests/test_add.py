@@ -1,5 +1,6 @@
 """ADD training on tiny random models: two steps plus a resume equal an uninterrupted run; every loss
 variant of the ablations runs; the saved student samples in one call."""
+import copy
 import dataclasses
 import json
 import shutil
@@ -241,3 +242,57 @@ def test_a_resumed_run_keeps_the_progress_grids_of_the_steps_before_the_kill(tmp
     resumed = _run(add, smoke_params, ds, cache, teacher, disc, tmp_path, grid_dir=grids)
     assert resumed["resumed_from_step"] == 2
     assert sorted(p.name for p in grids.glob("*.png")) == ["step_000001.png", "step_000002.png", "step_000003.png"]
+
+
+def test_solves_of_different_lengths_in_one_loop_equal_each_length_solved_on_its_own(smoke_params, tiny_data):
+    # teacher_x0 with a step count per row (one teacher call per step index, issue 37's speed-up) against the
+    # slow path it replaced: every group of equal length solved by its own loop
+    ds, cache = tiny_data
+    torch.manual_seed(0)
+    teacher = build_unet(smoke_params.teacher.unet, 8, 1, cache.states.shape[-1]).eval()
+    sched = NoiseSchedule(smoke_params.teacher.schedule)
+    g = torch.Generator().manual_seed(0)
+    n = 12
+    x_t = torch.randn(n, 1, 8, 8, generator=g)
+    t = torch.tensor([999, 749, 499, 249, 999, 30, 749, 499, 1, 249, 999, 600])
+    steps = (8 * (t + 1) + 999) // 1000   # 1 to 8 steps (the c_img solve's rule)
+    states, mask, _ = cache[torch.arange(n) % len(cache.captions)]
+    empty = tuple(a.expand(n, *a.shape[1:]) for a in cache[torch.tensor([0])][:2])
+    for w in (1.0, 2.0):
+        with torch.no_grad():
+            fast = teacher_x0(teacher, sched, x_t, t, (states, mask), empty, w, steps)
+            slow = torch.zeros_like(x_t)
+            for k in steps.unique().tolist():
+                m = steps == k
+                slow[m] = teacher_x0(teacher, sched, x_t[m], t[m], (states[m], mask[m]),
+                                     tuple(a[m] for a in empty), w, k)
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+        assert steps.unique().tolist() == [1, 2, 4, 5, 6, 8]
+
+
+@pytest.mark.parametrize("augment", [[], ["color", "translation", "cutout"]])
+def test_d_step_reuses_the_students_f_taps_only_where_it_would_compute_the_same(smoke_params, tiny_data, augment):
+    # F runs once on x0 and once on x_hat per step (issue 37): D's loss from the shared taps must equal D's loss
+    # from taps computed afresh, and with augmentation D must compute its own (the shared ones are unaugmented)
+    from addlib.data import to_float
+    from addlib.objective import DiscriminatorLoss, StudentLoss, draw_step
+
+    dc = dataclasses.replace(smoke_params.add.discriminator, augment=augment)
+    add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data, discriminator=dc)
+    sched = NoiseSchedule(smoke_params.teacher.schedule)
+    empty = tuple(a for a in cache[torch.tensor([0])][:2])
+    student_loss = StudentLoss(add, teacher.eval(), sched, sched, PixelSpace(), disc, empty, empty)
+    d_loss = DiscriminatorLoss(disc, 0.5)
+    n = 8
+    x0 = to_float(ds.images[:n])
+    text = cache[cache.rows(ds.captions[:n])]
+    draws = draw_step(add, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1), n, (1, 8, 8),
+                      (1, 8, 8), sched.T)
+    out = student_loss(copy.deepcopy(teacher).train(), x0, text, draws)
+    assert (out.f_real is None) == bool(augment) and (out.f_fake is None) == bool(augment)
+    args = (x0, out.x_hat.detach(), out.c_real, out.c_fake, draws.aug_real, draws.aug_fake)
+    shared, shared_parts = d_loss(*args, out.f_real, out.f_fake)
+    fresh, fresh_parts = d_loss(*args)
+    torch.testing.assert_close(shared, fresh)
+    for k in ("logits_real", "logits_fake", "r1"):
+        torch.testing.assert_close(shared_parts[k], fresh_parts[k])

@@ -1,0 +1,40 @@
+"""The step profiler (``python -m addlib.step_profile``, issue 37's benchmark) on the smoke profile's sizes: it
+writes every labelled part of the step, and the UNet evaluations it counts are the ones the step's draws imply
+(counted here by hand from ``draw_step``): the teacher's solves and target, the student's forward and its
+backward-simulation calls. Timing is not asserted (benchmarks, not timed tests)."""
+import json
+
+import torch
+
+from addlib import config as C
+from addlib import step_profile
+from addlib.objective import draw_step
+from addlib.training import step_generator
+
+from conftest import ROOT
+
+
+def test_the_profile_counts_the_unet_rows_the_draws_imply(tmp_path):
+    out = tmp_path / "profile.json"
+    assert step_profile.main(["--params", str(ROOT / "params.yaml"), "--profile", str(ROOT / "profiles" / "smoke.yaml"),
+                              "--steps", "1", "--text-width", "16", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    add = result["add"]
+    assert set(add["parts_seconds_per_step"]) == set(step_profile.PARTS)
+    assert 0 < sum(add["parts_seconds_per_step"].values()) <= add["seconds_per_step"] * 1.001
+    assert out.with_suffix(".md").read_text().count("|") > 4 * len(step_profile.PARTS)
+    # the counted step is step 0 of seed 0: its draws, and the rows they imply (smoke: lambda_ode > 0, backward
+    # simulation, both c_img solves, one teacher step at guidance 1 for the target)
+    p = C.load(ROOT / "params.yaml", ROOT / "profiles" / "smoke.yaml")
+    cfg, n = p.add, p.add.train.batch_size
+    assert cfg.student_input == "student" and cfg.lambda_ode > 0 and cfg.teacher_guidance == 1.0
+    assert cfg.discriminator.ode_guidance == 1.0 and cfg.teacher_steps == 1
+    shape = (p.data.channels, p.data.resolution, p.data.resolution)
+    d = draw_step(cfg, step_generator(0, 0), step_generator(0, 0, stream=1), n, shape, shape, 1000)
+    tau = list(cfg.student_timesteps)
+    solve_steps = sum(-(-cfg.discriminator.ode_steps * (int(s) + 1) // 1000) for s in d.s)
+    chain = sum(tau.index(int(s)) for s in d.s)          # calls the sampler makes before s
+    assert add["unet_evaluations_per_step"]["teacher"]["rows"] == solve_steps + n
+    assert add["unet_evaluations_per_step"]["student"]["rows"] == chain + n
+    assert add["unet_evaluations_per_step"]["teacher"]["calls"] == cfg.discriminator.ode_steps + 1
+    assert result["add_image_cost_in_teacher_images"] > 0
