@@ -122,13 +122,14 @@ def check_stage(stage: str, params_path: Path, root: Path, key: str | None = Non
         cfg.data.check_inputs(root)
         cfg.text_encoder.check_inputs(root)
     else:
-        if stage in ("teacher", "add", "evaluate", "ablation", "diagnose"):
+        if stage in ("teacher", "add", "solvers", "evaluate", "ablation", "diagnose"):
             cfg.teacher.check_inputs(root)
         if stage in ("features", "ablation"):
             cfg.features.check_inputs(root)
-        if stage in ("evaluate", "ablation", "diagnose"):
+        if stage in ("solvers", "evaluate", "ablation", "diagnose"):
             cfg.evaluate.check_inputs(root)
-        needed = {"add": ("teacher", "features"), "evaluate": ("teacher", "student", "evaluators"),
+        needed = {"add": ("teacher", "features"), "solvers": ("teacher", "evaluators"),
+                  "evaluate": ("teacher", "student", "evaluators"),
                   "diagnose": ("teacher", "student", "evaluators"),
                   "ablation": ("teacher", "features", "evaluators")}.get(stage, ())
         for name in needed:

@@ -170,3 +170,29 @@ def test_headline_metrics_are_few_flat_numbers():
     h = E.headline(rows, targets)
     assert h == {"student_fid_1step": 0.68, "student_fid_4step": 0.61, "teacher_best_fid_4step": 1.1,
                  "teacher_best_fid_8step": 0.5, "speedup_batch1": 87.37, "targets_met": 2, "targets_total": 3}
+
+
+def test_evaluate_reads_the_solvers_rows_only_when_made_with_its_values(tmp_path, smoke_params):
+    # the teacher's rows of Table 2 come from the solvers stage; evaluate refuses them (one line, before any
+    # compute) when they are missing or were made with other values of the keys they depend on
+    import dataclasses
+    import json
+
+    from addlib import config as C
+    from addlib.pipeline.scoring import SOLVER_KEYS, SOLVER_ROWS, read_solver_rows
+
+    cfg = smoke_params.evaluate
+    with pytest.raises(C.ConfigError, match="run the 'solvers' stage before 'evaluate'"):
+        read_solver_rows(cfg, tmp_path)
+    made = json.loads(json.dumps({k: getattr(cfg, k) for k in SOLVER_KEYS}))
+    (tmp_path / SOLVER_ROWS).parent.mkdir(parents=True)
+    (tmp_path / SOLVER_ROWS).write_text(json.dumps({"evaluate": made, "rows": [{"model": "teacher"}],
+                                                    "teacher_guidance": {}}))
+    assert read_solver_rows(cfg, tmp_path)["rows"] == [{"model": "teacher"}]
+    # a key the rows do not depend on may differ; one they do may not
+    assert "student_steps" not in SOLVER_KEYS and "grid_steps" not in SOLVER_KEYS
+    read_solver_rows(dataclasses.replace(cfg, student_steps=[1]), tmp_path)
+    with pytest.raises(C.ConfigError, match=r"evaluate\.num_samples .*rerun the 'solvers' stage"):
+        read_solver_rows(dataclasses.replace(cfg, num_samples=cfg.num_samples + 1), tmp_path)
+    with pytest.raises(C.ConfigError, match=r"evaluate\.teacher_steps"):
+        read_solver_rows(dataclasses.replace(cfg, teacher_steps=[1]), tmp_path)

@@ -32,8 +32,8 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
 
     r = _sh([str(BIN / "dvc"), "repro"], repo, env)
-    for stage in ["check", "prepare", "teacher", "features", "add", "consistency", "evaluators", "evaluate",
-                  "preference", "diagnose"]:
+    for stage in ["check", "prepare", "teacher", "features", "add", "consistency", "evaluators", "solvers",
+                  "evaluate", "preference", "diagnose"]:
         assert f"Running stage '{stage}'" in r.stdout, stage
 
     # every stage that trained pruned its run's checkpoints once its outputs were written
@@ -90,7 +90,7 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
 
     lock = (repo / "dvc.lock").read_text()
     assert all(f"{s}:" in lock for s in ["prepare", "teacher", "features", "add", "consistency", "evaluators",
-                                         "evaluate", "preference", "diagnose", "report"])
+                                         "solvers", "evaluate", "preference", "diagnose", "report"])
     # diagnose: the sampler cut after each student step, and one call at each student timestep for both networks
     diag = json.loads((repo / "reports/diagnostics/diagnostics.json").read_text())
     ts = diag["student_timesteps"]
@@ -105,6 +105,17 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert "Running stage" not in r.stdout
     r = _sh([str(BIN / "dvc"), "status"], repo, env)
     assert "up to date" in r.stdout
+    # an experiment on ADD leaves the teacher's rows of Table 2 (stage solvers) and every upstream stage as they
+    # are; a change to the student's step counts only does not touch them either (issue 37)
+    params = (repo / "params.yaml").read_text()
+    for section, key, value in [("add", "lambda_distill", 2.5), ("evaluate", "student_steps", [1])]:
+        edited = yaml.safe_load(params)
+        assert edited[section][key] != value
+        edited[section][key] = value
+        (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        stale = set(json.loads(_sh([str(BIN / "dvc"), "status", "--json"], repo, env).stdout))
+        assert "evaluate" in stale and not stale & {"prepare", "teacher", "features", "evaluators", "solvers"}, stale
+    (repo / "params.yaml").write_text(params)
     # `dvc plots show` draws with no network: every plot is an image, no script comes from a CDN
     _sh([str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "dvc_plots")], repo, env)
     page = (tmp_path / "dvc_plots" / "index.html").read_text()
@@ -184,8 +195,8 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
 
 @pytest.mark.slow
 def test_stage_bodies_run_under_accelerate_launch(tmp_path, root):
-    """The multi-GPU path: the stage bodies run directly (no notebook, no DVC; `--direct`), then `add` and
-    `evaluate` under `accelerate launch` with two CPU processes (gloo): the student trains data-parallel, the
+    """The multi-GPU path: the stage bodies run directly (no notebook, no DVC; `--direct`), then `add`, `solvers`
+    and `evaluate` under `accelerate launch` with two CPU processes (gloo): the student trains data-parallel, the
     evaluation sampling is split and gathered, and the main process writes the reports. Its own sandbox, so it runs
     beside the `dvc repro` test under `make test`'s two workers; Table 2 cut to one teacher row (one sampler,
     one guidance) and the student's and the baseline's two step counts."""
@@ -201,7 +212,7 @@ def test_stage_bodies_run_under_accelerate_launch(tmp_path, root):
         _sh([sys.executable, "-m", "addlib.stages", stage, "--direct"], repo, env)
     assert not (repo / "reports/executed").exists()  # no notebook ran
     env2 = {**env, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    for stage in ["add", "evaluate"]:
+    for stage in ["add", "solvers", "evaluate"]:
         _sh([str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
              "-m", "addlib.stages", stage, "--direct"], repo, env2)

@@ -1,5 +1,7 @@
 """Stage evaluate: Table 2 and Figures 4 and 7 at this scale, the teacher's solvers against the ADD student
-(evaluation.py), every row on the same prompts and noise."""
+(evaluation.py), every row on the same prompts and noise. The teacher's rows come from the solvers stage
+(they do not depend on the student); this stage adds the student's, the consistency baseline's and the
+zero-shot rows."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +12,6 @@ from accelerate import Accelerator
 
 from .. import config as C
 from .. import data as D
-from .. import calibration as K
 from .. import evaluation as E
 from .. import figures
 from .. import plots
@@ -23,12 +24,13 @@ from ..paths import MODELS, REPORTS, code_version, write_json
 from ..sampling import initial_noise, unet_input_shape
 from ..training import set_threads
 from .common import load_prepared, sections
-from .scoring import scoring
+from .scoring import read_solver_rows, scoring, table_row, test_inputs
 
 
 def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     cfg, add_cfg = p.evaluate, p.add
     set_threads(cfg.num_threads)
+    solved = read_solver_rows(cfg, root)  # the teacher's rows, made with these evaluate values (before any compute)
     acc = Accelerator()  # one process in the pipeline; under `accelerate launch` the sampling is split
     ds, cache = load_prepared(root)
     cache = cache.extended(add_cfg.sample_prompts, p.text_encoder)
@@ -39,10 +41,7 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     sc = scoring(ds, cache, p.evaluators, cfg, root)
     floor = split_halves_fid(sc.ref_feats, seed=cfg.seed)
 
-    test_prompts = sc.prompts_for(sc.ref, cfg.num_samples, cfg.seed, cache)
-    test_noise = initial_noise(cfg.num_samples, noise_shape, cfg.seed)
-    sel_prompts = sc.prompts_for(sc.sel, cfg.guidance_samples, cfg.guidance_seed, cache)
-    sel_noise = initial_noise(cfg.guidance_samples, noise_shape, cfg.guidance_seed)
+    test_prompts, test_noise = test_inputs(sc, cfg, cache, noise_shape)
     student = load_unet(root / MODELS / "student", space.factor).eval()
     sched_s = student_schedule(p.teacher.schedule, add_cfg.student_zero_terminal_snr)
     empty = tuple(a for a in cache[torch.tensor([0])][:2])
@@ -61,38 +60,13 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
         return E.Generator("consistency", "lcm", steps, 1.0, consistency, schedule, space=space,
                            timesteps=grid.sampling(steps), x0_fn=consistency_x0(p.consistency, schedule))
 
-    rows, guidance, seed_fids = [], {}, {}
+    seed_fids = {}
 
     def add_row(gen, images, throughput):
-        r = {"model": gen.model, "sampler": gen.sampler, "steps": gen.steps, "nfe": gen.nfe,
-             "guidance": gen.guidance,
-             "seconds_per_image": E.seconds_per_image_batch1(gen, test_prompts, test_noise, cfg.speed_repeats),
-             "images_per_second": throughput if throughput is not None else float("nan"),
-             **sc.scorer(images, test_prompts)}
-        rows.append(r)
-        print(f"{r['model']:8s} {r['sampler']:12s} {r['steps']:3d} steps  w={r['guidance']:<4g} NFE {r['nfe']:3d}  "
-              f"FID {r['fid']:8.3f}  P {r['precision']:.3f}  R {r['recall']:.3f}  CLIP {r['clip_score']:.2f}  "
-              f"acc {r['prompt_accuracy']:.3f}  {r['seconds_per_image'] * 1e3:.1f} ms/img  "
-              f"{r['images_per_second']:.1f} img/s", flush=True)
+        rows.append(table_row(gen, images, throughput, sc, test_prompts, test_noise, cfg.speed_repeats))
 
-    # 1. Teacher rows: guidance chosen on the held-out split per sampler and step count (up to guidance_max_steps).
-    for sampler in cfg.teacher_samplers:
-        chosen: dict[int, float] = {}
-        for steps in sorted(cfg.teacher_steps):
-            if steps <= cfg.guidance_max_steps or not chosen:
-                w, fids = E.choose_guidance(lambda w: teacher_gen(sampler, steps, w), cfg.guidance_candidates,
-                                            sel_prompts, sel_noise,
-                                            lambda x: fid_from_features(sc.sel_feats, extract(sc.feat_fn, x)),
-                                            cfg.batch_size, accelerator=acc)
-                chosen[steps] = w
-                guidance[f"{sampler}/{steps}"] = {"chosen": w, "heldout_fid": {f"{k:g}": v for k, v in fids.items()}}
-            else:
-                w = chosen[max(chosen)]
-                guidance[f"{sampler}/{steps}"] = {"chosen": w, "reused_from_steps": max(chosen)}
-            gen = teacher_gen(sampler, steps, w)
-            images, throughput = E.generate(gen, test_prompts, test_noise, cfg.batch_size, progress=progress,
-                                            accelerator=acc)
-            add_row(gen, images, throughput)
+    # 1. Teacher rows: the solvers stage's (guidance chosen on the held-out split), on these prompts and noise.
+    rows, guidance = list(solved["rows"]), solved["teacher_guidance"]
     # 2. Student rows, plus the FID spread over noise seeds.
     for steps in sorted(cfg.student_steps):
         gen = student_gen(steps)
@@ -127,10 +101,6 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     # 3. Outputs: the table (csv + markdown), metrics, plots, Figure 4 (written by one process).
     if not acc.is_main_process:
         return {}
-    # The calibration (calibration.py): known degradations of real images, scored like the rows above.
-    calibration = K.calibrate(sc.scorer, sc.ref.pixels(), sc.ref.labels, sc.ref.captions,
-                              lambda caps, y: sc.prompts_of(caps, y, cache), cfg.num_samples, cfg.seed)
-    write_json(root / REPORTS / "metrics" / "calibration.json", calibration)
     tables = root / REPORTS / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     with open(tables / "comparison.csv", "w", newline="") as f:
@@ -138,7 +108,6 @@ def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
         w.writeheader()
         w.writerows(rows)
     (tables / "comparison.md").write_text(E.markdown_table(rows))
-    (tables / "calibration.md").write_text(K.markdown(calibration))
     targets = E.check_targets(rows)
     result = {"fid_features": sc.feat_name, "clip_model": "transformers CLIP" if cfg.clip else "in-domain image tower",
               "reference": cfg.reference, "reference_images": len(sc.ref), "num_samples": cfg.num_samples,

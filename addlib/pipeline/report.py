@@ -13,7 +13,7 @@ from ..paths import REPORTS, executed_notebook, write_json
 from ..report import render_site
 
 # The stages whose executed notebooks get a page, in pipeline order (then one page per ablation run).
-PAGES = ["prepare", "teacher", "features", "add", "consistency", "evaluators", "evaluate", "preference"]
+PAGES = ["prepare", "teacher", "features", "add", "consistency", "evaluators", "solvers", "evaluate", "preference"]
 
 
 def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:

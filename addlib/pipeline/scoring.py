@@ -1,9 +1,10 @@
 """What scores generated images against the reference split, shared by the evaluate, ablation and diagnose
-stages: the metrics' networks (the evaluators stage's, or Inception / CLIP from local files), the reference
-features and the test prompts."""
+stages (and solvers): the metrics' networks (the evaluators stage's, or Inception / CLIP from local files), the
+reference features, the test prompts and noise, a row of Table 2, and the solvers stage's rows."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,17 @@ from .. import data as D
 from .. import evaluation as E
 from ..evaluators import clip_model_towers, inception_features, load_evaluator
 from ..metrics import extract
-from ..paths import MODELS
+from ..paths import MODELS, REPORTS
 from ..text import TextCache
 from .common import has_labels
+
+# The solvers stage's rows (the teacher's rows of Table 2, read by evaluate), and the evaluate keys they depend
+# on: dvc.yaml declares exactly these for the stage, so a change to the student's step counts or Figure 4's grid
+# does not rerun the teacher's solvers; evaluate checks the rows were made with its values.
+SOLVER_ROWS = Path(REPORTS) / "metrics" / "solvers.json"
+SOLVER_KEYS = ("num_samples", "seed", "reference", "teacher_samplers", "teacher_steps", "guidance_candidates",
+               "guidance_samples", "guidance_max_steps", "guidance_seed", "pr_k", "batch_size", "speed_repeats",
+               "inception", "clip")
 
 
 @dataclasses.dataclass
@@ -73,3 +82,40 @@ def scoring(ds: D.Dataset, cache: TextCache, ev_cfg: C.EvaluatorsConfig, cfg: C.
     scorer = E.Scorer(feat_fn, image_emb, classify, ref_feats, cfg.pr_k, pr_seed=cfg.seed, detail=detail,
                       detail_ref_feats=extract(detail, ref.pixels()))
     return Scoring(ref, sel, feat_fn, feat_name, ref_feats, sel_feats, scorer, clip_text, classifier)
+
+
+def test_inputs(sc: Scoring, cfg: C.EvaluateConfig, cache: TextCache, noise_shape: tuple) -> tuple:
+    """Table 2's prompts (from the reference split's captions) and starting noise: the same for every row, in
+    the solvers stage's rows and the evaluate stage's."""
+    from ..sampling import initial_noise
+
+    return (sc.prompts_for(sc.ref, cfg.num_samples, cfg.seed, cache),
+            initial_noise(cfg.num_samples, noise_shape, cfg.seed))
+
+
+def table_row(gen, images: torch.Tensor, throughput: float | None, sc: Scoring, prompts, noise,
+              speed_repeats: int) -> dict:
+    """One row of Table 2 (evaluation.COLUMNS): the generator's sampler, its speed at batch 1, its throughput in
+    the sample run, and the images' scores; printed as it is made."""
+    r = {"model": gen.model, "sampler": gen.sampler, "steps": gen.steps, "nfe": gen.nfe, "guidance": gen.guidance,
+         "seconds_per_image": E.seconds_per_image_batch1(gen, prompts, noise, speed_repeats),
+         "images_per_second": throughput if throughput is not None else float("nan"), **sc.scorer(images, prompts)}
+    print(f"{r['model']:8s} {r['sampler']:12s} {r['steps']:3d} steps  w={r['guidance']:<4g} NFE {r['nfe']:3d}  "
+          f"FID {r['fid']:8.3f}  P {r['precision']:.3f}  R {r['recall']:.3f}  CLIP {r['clip_score']:.2f}  "
+          f"acc {r['prompt_accuracy']:.3f}  {r['seconds_per_image'] * 1e3:.1f} ms/img  "
+          f"{r['images_per_second']:.1f} img/s", flush=True)
+    return r
+
+
+def read_solver_rows(cfg: C.EvaluateConfig, root: Path = Path(".")) -> dict:
+    """The solvers stage's rows, checked to have been made with ``cfg``'s values of SOLVER_KEYS (one-line error)."""
+    path = root / SOLVER_ROWS
+    if not path.is_file():
+        raise C.ConfigError(f"{path}: not found; run the 'solvers' stage before 'evaluate' (dvc repro)")
+    solved = json.loads(path.read_text())
+    made = json.loads(json.dumps({k: getattr(cfg, k) for k in SOLVER_KEYS}))  # as JSON holds them (lists, null)
+    stale = [k for k in SOLVER_KEYS if solved["evaluate"].get(k) != made[k]]
+    if stale:
+        raise C.ConfigError(f"{path}: made with other evaluate.{stale[0]} ({solved['evaluate'].get(stale[0])!r}, "
+                            f"now {made[stale[0]]!r}); rerun the 'solvers' stage (dvc repro)")
+    return solved
