@@ -82,7 +82,8 @@ TITLES = {"distance": "Distance metric d of the distillation loss", "loss": "Los
           "teacher_t": "Re-noising timestep of the distillation target",
           "c_img_noisy": "D's image condition for a fake from a noisy input (x_s, s < T-1)",
           "student": "What trains: all of the student's weights or LoRA adapters (LoRA-ADD)",
-          "multistep": "What trains the later calls of the multi-step student (x0 of an input with noise; the ODE term)"}
+          "multistep": "What trains the later calls of the multi-step student (x0 of an input with noise; the ODE term)",
+          "recipe": "The default against the paper's recipe (every setting of profiles/paper.yaml at once)"}
 
 
 def _cell(row: dict, m: str, digits: int) -> str:

@@ -242,19 +242,25 @@ class StudentLoss:
                               dc.ode_guidance, steps[m])
         return z_ode
 
-    def fake_condition(self, pooled, c_img, z_ode, rows) -> torch.Tensor | None:
-        """D's condition for the fakes: c_img of the real x0, but for rows ``rows`` (:meth:`solve_rows`) the
-        embedding of the teacher's solve ``z_ode`` from the fake's own input. For a fake from pure noise
-        (``c_img_pure_noise: teacher_ode``; alpha_s = 0 carries no trace of the x0 whose c_img the batch drew) this
-        is a deviation from the paper's literal reading (which is silent here) that makes D's image condition a
-        function of the noise, so identical outputs stop receiving identical gradients (without it the 1-step
-        student collapses to one template per prompt). With ``c_img_noisy: teacher_ode`` a fake from a noisy input
-        is judged against what the teacher makes of that input, instead of the real x0's embedding."""
-        if not rows.any():
+    def fake_condition(self, pooled, c_img, z_ode, rows, z_x0=None, noised_rows=None) -> torch.Tensor | None:
+        """D's condition for the fakes: c_img of the x0 that each fake's input noised, but for rows ``rows``
+        (:meth:`solve_rows`) the embedding of the teacher's solve ``z_ode`` from the fake's own input. For a fake
+        from pure noise (``c_img_pure_noise: teacher_ode``; alpha_s = 0 carries no trace of the x0 whose c_img the
+        batch drew) this is a deviation from the paper's literal reading (which is silent here) that makes D's image
+        condition a function of the noise, so identical outputs stop receiving identical gradients (without it the
+        1-step student collapses to one template per prompt). With ``c_img_noisy: teacher_ode`` a fake from a noisy
+        input is judged against what the teacher makes of that input. With ``c_img_noisy: real`` (the paper) it is
+        judged against the x0 its input noised: the data's, or with backward simulation (``student_input:
+        student``) the student's own estimate ``z_x0`` for rows ``noised_rows``, never the data x0 it did not see."""
+        own = noised_rows is not None and bool(noised_rows.any())
+        if not rows.any() and not own:
             return self.D.condition(pooled, c_img)
         with torch.no_grad():
             c_img = c_img.clone()
-            c_img[rows] = self.D.image_embedding(self.space.decode(z_ode[rows]).float().clamp(-1, 1))
+            if own:
+                c_img[noised_rows] = self.D.image_embedding(self.space.decode(z_x0[noised_rows]).float().clamp(-1, 1))
+            if rows.any():
+                c_img[rows] = self.D.image_embedding(self.space.decode(z_ode[rows]).float().clamp(-1, 1))
         return self.D.condition(pooled, c_img)
 
     def __call__(self, student, x0: torch.Tensor, text, d: Draws) -> StudentOutput:
@@ -288,7 +294,10 @@ class StudentLoss:
                     f_real, c_img = self.D.F(x0)
             c_img = c_img if cfg.discriminator.c_img else None
             c_real = self.D.condition(pooled, c_img)
-            c_fake = self.fake_condition(pooled, c_img, z_ode, img_rows)
+            # rows whose input noised the student's own estimate and whose c_img is of "the real" x0: that estimate
+            own = (d.s != cfg.student_timesteps[0]) & ~img_rows \
+                if cfg.student_input == "student" and c_img is not None else None
+            c_fake = self.fake_condition(pooled, c_img, z_ode, img_rows, z_x0, own)
         if (adv and not d.aug_g) or (self.perceptual and not latent):
             with record_function("add/F_x_hat"):
                 f_hat = self.D.features(x_hat)

@@ -151,3 +151,28 @@ def test_a_run_parses_from_the_ablation_stages_restricted_params(root):
     assert ps.add.distance == "l1" and ps.seed == 1 and ps.preference is None
     with pytest.raises(C.ConfigError, match="params.consistency: expected a mapping, got None"):
         C.from_dict(C.Params, C.to_dict(p), "params")  # None sections only where the caller allows them
+
+
+def test_the_paper_run_is_the_paper_profile_and_the_profile_is_the_papers_checklist(root):
+    # Table 1's row "the paper's recipe" trains exactly profiles/paper.yaml's values, and those are the paper's
+    # (shared/ADD_NOTES.md's checklist): no ODE term, noised data, lambda 2.5, mse, exponential c(t), one teacher
+    # step, t ~ U for every input, c_img of the real x0, R1 1e-5, StyleGAN-T's augmentation
+    from addlib import config as C
+
+    profile = C.read_yaml(root / "profiles" / "paper.yaml")
+    params = C.read_yaml(root / "params.yaml")
+    assert params["ablations"]["runs"]["paper"]["overrides"] == profile
+    assert params["ablations"]["runs"]["paper"]["seeds"] == [0, 1, 2]
+    assert "paper" in params["ablations"]["tables"]["recipe"].values()
+    p = C.load(root / "params.yaml", root / "profiles" / "paper.yaml")
+    a, d = p.add, p.add.discriminator
+    assert (a.student_input, a.lambda_ode, a.lambda_distill, a.distance, a.weighting, a.teacher_steps,
+            a.teacher_t_at_most_s, a.student_init, a.lambda_adv) == ("data", 0.0, 2.5, "mse", "exponential", 1, False,
+                                                                     "teacher", 1.0)
+    assert (d.c_text, d.c_img, d.c_img_pure_noise, d.c_img_noisy, d.r1_gamma) == (True, True, "real", "real", 1e-5)
+    assert sorted(d.augment) == ["color", "cutout", "translation"]
+    # no row label calls a run the paper's unless it is the paper's recipe
+    for table, rows in params["ablations"]["tables"].items():
+        for label, run in rows.items():
+            if "paper" in label and run != "paper":
+                assert "else ours" in label, (table, label)

@@ -211,10 +211,10 @@ def test_nfsd_target_by_hand():
     torch.testing.assert_close(degenerate[1, 0, 0, 0], torch.tensor(-ratio[1] * s * (e_c - e_u)))
 
 
-@pytest.mark.parametrize("change", ["teacher weights", "F's weights", "one pixel"])
+@pytest.mark.parametrize("change", ["teacher weights", "F's weights", "one pixel", "an add value"])
 def test_an_add_checkpoint_on_other_inputs_is_not_resumed(tmp_path, smoke_params, tiny_data, change):
-    """After a new teacher, feature network or data, `add` starts afresh instead of resuming an old student
-    (test_two_steps_then_resume_equals_three shows that the same inputs do resume)."""
+    """After a new teacher, feature network, data or `add` value outside add.train, `add` starts afresh instead of
+    resuming an old student (test_two_steps_then_resume_equals_three shows that the same inputs do resume)."""
     add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data)
     assert _run(add, smoke_params, ds, cache, teacher, disc, tmp_path, max_steps=2)["steps"] == 2
     add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data)
@@ -223,8 +223,10 @@ def test_an_add_checkpoint_on_other_inputs_is_not_resumed(tmp_path, smoke_params
             next(teacher.parameters()).add_(1e-3)
         elif change == "F's weights":
             next(disc.F.parameters()).add_(1e-3)
-        else:
+        elif change == "one pixel":
             ds.images[0, 0, 0, 0] ^= 1
+        else:
+            add = dataclasses.replace(add, lambda_distill=add.lambda_distill + 1.0)
     assert _run(add, smoke_params, ds, cache, teacher, disc, tmp_path)["resumed_from_step"] == 0
 
 

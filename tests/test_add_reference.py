@@ -88,8 +88,9 @@ def head(p, k, f, c, uv, cmap_dim=64):
     return (out * cmap[:, :, None]).sum(1) / math.sqrt(cmap_dim)
 
 
-def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, pooled, draws, sched_s, sched_t):
-    """The losses and gradients of one ADD step, straight from the paper's formulas."""
+def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, pooled, draws, sched_s, sched_t, empty):
+    """The losses and gradients of one ADD step, straight from the paper's formulas. ``empty``: the empty prompt's
+    (states, mask), for the teacher's classifier-free guidance."""
     (a_s, s_s), (a_t, s_t) = sched_s, sched_t
     s, eps, t, eps_p, eps_chain = draws
     dc = cfg.discriminator
@@ -98,6 +99,14 @@ def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, poo
     cond = lambda c_img: torch.cat([pooled, F.normalize(c_img, dim=-1)], 1)  # noqa: E731
     D = lambda feats, c: [head(p, k, f, c, uv) for k, f in enumerate(feats)]  # noqa: E731
     unet = lambda net, x, tt: net(x, tt, encoder_hidden_states=states, encoder_attention_mask=mask).sample  # noqa: E731
+
+    def guided(x, tt, w):  # the teacher's v with guidance w: v(empty) + w (v(c) - v(empty)) (Ho & Salimans)
+        v_c = unet(teacher, x, tt)
+        if w == 1.0:
+            return v_c
+        v_u = teacher(x, tt, encoder_hidden_states=empty[0].expand(len(x), -1, -1),
+                      encoder_attention_mask=empty[1].expand(len(x), -1)).sample
+        return v_u + w * (v_c - v_u)
 
     # The x0 that x_s noises: the data's, or (backward simulation) the student's own estimate after the k calls
     # its sampler makes before s = tau[k], one row at a time: from eps_chain[0] at tau[0], each x0 re-noised with
@@ -122,6 +131,8 @@ def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, poo
     with torch.no_grad():
         c_img = vit_taps(vit, x0)[1]
         c_img_fake = c_img.clone()
+        if cfg.student_input == "student":  # a fake's c_img is of the x0 its input noised: the student's own estimate
+            c_img_fake = torch.where((s != tau[0])[:, None], vit_taps(vit, x0_in.clamp(-1, 1))[1], c_img)
         pure = s == 999
         solve = (pure & (dc.c_img_pure_noise == "teacher_ode")) | (~pure & (dc.c_img_noisy == "teacher_ode"))
         z0 = None
@@ -133,7 +144,7 @@ def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, poo
             for j in range(int(n.max())):  # the whole batch each step; a sample stops changing after its n-th
                 on = (j < n).view(-1, 1, 1, 1)
                 tj = (s.float() * (n - j).clamp_min(0) / n).round().long()
-                v = unet(teacher, z, tj)
+                v = guided(z, tj, dc.ode_guidance)
                 z0_j, e = col(a_t, tj) * z - col(s_t, tj) * v, col(s_t, tj) * z + col(a_t, tj) * v
                 z0 = torch.where(on, z0_j, z0)
                 tn = (s.float() * (n - j - 1).clamp_min(0) / n).round().long()
@@ -145,7 +156,7 @@ def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, poo
     # Distillation: re-noise with fresh noise at t on the teacher's schedule; the teacher's x0, no gradient.
     with torch.no_grad():
         x_t = col(a_t, t) * x_hat + col(s_t, t) * eps_p
-        x_psi = col(a_t, t) * x_t - col(s_t, t) * unet(teacher, x_t, t)
+        x_psi = col(a_t, t) * x_t - col(s_t, t) * guided(x_t, t, cfg.teacher_guidance)
 
     def dist(x, y):
         fa, fb = vit_taps(vit, x)[0], vit_taps(vit, y)[0]
@@ -196,18 +207,26 @@ CASES = {
     "ode_regression_sds_student_input": dict(lambda_ode=2.0, weighting="sds", student_input="student"),
     # a student on the teacher's stock schedule: alpha_999 > 0, so c(999) would not zero a regression at pure noise
     "ode_regression_stock_student": dict(lambda_ode=2.0, student_zero_terminal_snr=False),
+    # the teacher guided (w != 1) in the distillation target and in the c_img / ODE solves
+    "cimg_noisy_guided_target_and_solve": dict(teacher_guidance=2.0, ode_guidance=3.0, lambda_ode=2.0),
+    # backward simulation with the paper's c_img of the x0 that was noised: the data's for pure-noise inputs, the
+    # student's own estimate for the others
+    "mse_student_input_real_cimg": dict(distance="mse", student_input="student"),
 }
+DISC_KEYS = ("ode_guidance",)  # case keys of add.discriminator
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_one_add_step_equals_the_reference(tmp_path, smoke_params, tiny_data, case):
     ds, cache = tiny_data
     overrides = dict(CASES[case])
+    disc_overrides = {k: overrides.pop(k) for k in DISC_KEYS if k in overrides}
     disc_cfg = dataclasses.replace(smoke_params.add.discriminator, r1_gamma=0.5, augment=[],
+                                   **{"ode_guidance": 1.0, **disc_overrides},
                                    c_img_pure_noise="real" if case.startswith("mse") else "teacher_ode",
                                    c_img_noisy="teacher_ode" if case.startswith("cimg_noisy") else "real", ode_steps=3)
     cfg = dataclasses.replace(smoke_params.add, discriminator=disc_cfg, lambda_adv=1.0, lambda_distill=3.0,
-                              **{"student_zero_terminal_snr": True, "student_input": "data", "lambda_ode": 0.0,
+                              **{"student_zero_terminal_snr": True, "student_input": "data", "lambda_ode": 0.0, "teacher_guidance": 1.0,
                                  **overrides},  # a case names what it turns on: params.yaml's defaults may move
                               train=dataclasses.replace(smoke_params.add.train, steps=1, batch_size=B, grad_clip=0.0,
                                                         log_every=1, sample_every=0, gradient_accumulation=1))
@@ -263,7 +282,8 @@ def test_one_add_step_equals_the_reference(tmp_path, smoke_params, tiny_data, ca
 
     zt = lambda zero: alphas_sigmas(stock.beta_schedule, stock.beta_start, stock.beta_end, zero)  # noqa: E731
     logged, g_student, g_heads = reference_step(cfg, student0, teacher0, vit, heads0, uv, x0, states, mask, pooled,
-                                                (s, eps, t, eps_p, eps_chain), zt(cfg.student_zero_terminal_snr), zt(False))
+                                                (s, eps, t, eps_p, eps_chain), zt(cfg.student_zero_terminal_snr), zt(False),
+                                                tuple(a for a in cache[torch.tensor([0])][:2]))
     row = run["history"][0]
     for k, v in logged.items():
         assert row[k] == pytest.approx(v, rel=2e-4, abs=1e-5), k

@@ -241,3 +241,17 @@ def test_held_out_reals_are_distinct_images_of_the_prompted_digit_and_one_of_ano
     assert torch.equal(again.pool, r.pool) and torch.equal(again.first, r.first)
     with pytest.raises(Exception, match="check_reals: 10 \\+ 1 held-out images of digit 0 needed, the split has 10"):
         _held_out_reals(split, torch.tensor([0]), k=10, seed=0)
+
+
+def test_elo_interval_is_the_2_5_and_97_5_percent_quantiles_over_orders():
+    # the interval reported beside each Elo: linear-interpolated quantiles of the ratings over orders, checked by
+    # hand and against numpy's quantile (its default method is the same interpolation)
+    import numpy as np
+
+    s = P.summary({"A": [float(v) for v in range(100, -1, -1)], "B": [0.0, 10.0]})
+    assert s["A"] == pytest.approx({"mean": 50.0, "low": 2.5, "high": 97.5})
+    assert s["B"] == pytest.approx({"mean": 5.0, "low": 0.25, "high": 9.75})
+    values = [float(v) for v in np.random.default_rng(0).normal(1000, 5, size=37)]
+    got = P.summary({"m": values})["m"]
+    assert got["low"] == pytest.approx(float(np.quantile(values, 0.025)), abs=1e-9)
+    assert got["high"] == pytest.approx(float(np.quantile(values, 0.975)), abs=1e-9)

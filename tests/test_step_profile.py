@@ -4,7 +4,6 @@ writes every labelled part of the step, and the UNet evaluations it counts are t
 backward-simulation calls. Timing is not asserted (benchmarks, not timed tests)."""
 import json
 
-import torch
 
 from addlib import config as C
 from addlib import step_profile

@@ -171,3 +171,23 @@ def test_a_stage_prunes_its_runs_checkpoints_unless_asked_to_keep_them(tmp_path,
     monkeypatch.delenv("ADDLIB_KEEP_CHECKPOINTS")
     prune_checkpoints(mine.run_dir)
     assert not mine.run_dir.exists() and other.latest().name == "checkpoint-2"
+
+
+def test_ema_warm_up_follows_its_closed_form():
+    # decay_k = min(decay, (1 + k) / (10 + k)) at the k-th update: early averages are not dominated by the init
+    # (diffusers' EMAModel warm-up); with decay 0.5 the cap binds from k = 8 on, so both regimes are checked
+    from addlib.models import EMA
+
+    m = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(3.0)
+    ema = EMA(m, 0.5)
+    expect = 3.0
+    for k, v in enumerate([1.0, -2.0, 5.0, 0.5, 4.0, 2.0, -1.0, 7.0, 3.0, 6.0], start=1):
+        with torch.no_grad():
+            m.weight.fill_(v)
+        ema.update(m)
+        d = min(0.5, (1 + k) / (10 + k))
+        expect = d * expect + (1 - d) * v
+        assert ema.shadow["weight"].item() == pytest.approx(expect, rel=1e-6), k
+    assert ema.state_dict()["__updates__"].item() == 10
