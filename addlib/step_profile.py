@@ -163,11 +163,23 @@ def time_teacher_step(params: C.Params, tokens: int, width: int, steps: int, war
     return {"seconds_per_step": step, "images_per_second": tc.batch_size / step, "batch_size": tc.batch_size}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def markdown(result: dict) -> str:
     """The profile as a table: each part's seconds per step and share of the step."""
     a = result["add"]
     step = a["seconds_per_step"]
-    lines = [f"ADD step at batch {a['batch_size']}: {step:.3f} s ({a['images_per_second']:.1f} images/s); "
+    lines = [f"{result['device']}, {result['threads']} threads, {result['weights']} weights.", "",
+             f"ADD step at batch {a['batch_size']}: {step:.3f} s ({a['images_per_second']:.1f} images/s); "
              f"teacher step at batch {result['teacher']['batch_size']}: {result['teacher']['seconds_per_step']:.3f} s "
              f"({result['teacher']['images_per_second']:.1f} images/s); one ADD image costs "
              f"{result['add_image_cost_in_teacher_images']:.2f} teacher images",
@@ -212,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"add: {add['seconds_per_step']:.3f} s/step", flush=True)
     torch.set_num_threads(params.teacher.train.num_threads or torch.get_num_threads())
     teacher_row = time_teacher_step(params, tokens, width, args.steps)
-    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name(),
               "cpu_count": __import__("os").cpu_count(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "params": args.params, "profile": args.profile,
               "weights": "trained" if args.trained else "random", "add": add, "teacher": teacher_row,
