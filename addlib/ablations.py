@@ -81,6 +81,8 @@ TITLES = {"distance": "Distance metric d of the distillation loss", "loss": "Los
           "init": "Student initialisation (Table 1c)", "teacher_steps": "Teacher steps for the target (Table 1f)",
           "teacher_t": "Re-noising timestep of the distillation target",
           "c_img_noisy": "D's image condition for a fake from a noisy input (x_s, s < T-1)",
+          "c_img_pure_noise": "D's image condition for a fake from pure noise (s = T-1)",
+          "teacher_guidance": "The teacher's guidance w in the distillation target and the c_img / ODE solves",
           "student": "What trains: all of the student's weights or LoRA adapters (LoRA-ADD)",
           "multistep": "What trains the later calls of the multi-step student (x0 of an input with noise; the ODE term)",
           "recipe": "The default against the paper's recipe (every setting of profiles/paper.yaml at once)"}

@@ -152,3 +152,22 @@ def test_values_survive_dvcs_unquoted_rewrite(root):
     raw["teacher"]["sample"]["sampler"] = False
     with pytest.raises(config.ConfigError, match=r"teacher\.sample\.sampler: False is not one of"):
         config.parse(raw)
+
+
+def test_the_gpu_profile_changes_no_training_value(root):
+    # profiles/gpu.yaml (the embedded default on one GPU) may change threads and the sampling batch only, so the
+    # GPU run's results are the default's; it validates over params.yaml and over the smoke profile's sizes
+    from addlib import config as C
+
+    def flat(d, pre=""):
+        return {k2: v2 for k, v in d.items() for k2, v2 in
+                (flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(f"{pre}{k}", v)])}
+
+    base = C.read_yaml(root / "params.yaml")
+    gpu = C.read_yaml(root / "profiles" / "gpu.yaml")
+    merged = C.deep_merge(base, gpu)
+    changed = {k for k, v in flat(merged).items() if flat(base).get(k) != v}
+    assert changed and all(k.endswith(".num_threads") or k == "evaluate.batch_size" for k in changed), changed
+    assert set(flat(merged)) == set(flat(base))  # no new key either
+    C.parse(merged, "gpu over params.yaml")
+    C.parse(C.deep_merge(C.deep_merge(base, C.read_yaml(root / "profiles" / "smoke.yaml")), gpu), "gpu over smoke")
