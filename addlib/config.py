@@ -511,6 +511,9 @@ class ADDConfig:
     student_input: Literal["data", "student"]  # the x0 noised into an input x_s with s < tau_1: the data's (the
                              # paper) | the student's own estimate one trained timestep earlier, made as its sampler
                              # makes it, without gradient (ours: DMD2's backward simulation; docs/multistep.md)
+    simulated_samplers: list[int]  # student_input: student: the samplers (step counts) whose chains make the inputs;
+                             # a row at s takes the chain of one sampler that calls the student at s after its first
+                             # call, drawn uniformly ([4]: the 4-step sampler's only; [2, 4]: at 499 also the 2-step's)
     lambda_ode: float        # inputs with noise (s < T-1): + lambda_ode c(s) d(x_hat, sg(x_ode)), x_ode the teacher's
                              # deterministic solve from the same x_s (ours: DMD's regression; 0 = the paper)
     teacher_guidance: float  # classifier-free guidance of the teacher's target (exponential/sds)
@@ -534,6 +537,8 @@ class ADDConfig:
         _check(self.lambda_distill >= 0 and self.lambda_adv >= 0, f"{where}.lambda_distill", "weights must be >= 0")
         _check(self.lambda_distill + self.lambda_adv > 0, f"{where}.lambda_adv", "both loss weights are 0")
         _check(self.lambda_ode >= 0, f"{where}.lambda_ode", f"must be >= 0, got {self.lambda_ode}")
+        _check(len(set(self.simulated_samplers)) == len(self.simulated_samplers), f"{where}.simulated_samplers",
+               f"must be distinct step counts, got {self.simulated_samplers}")
         for key in ("teacher_guidance", "nfsd_guidance"):
             _check(getattr(self, key) >= 0, f"{where}.{key}", f"must be >= 0, got {getattr(self, key)}")
         _check(self.teacher_steps in (1, 2, 4), f"{where}.teacher_steps", "must be 1, 2 or 4")
@@ -781,6 +786,10 @@ class Params:
                f"{where}.add.student_zero_terminal_snr", "an epsilon-prediction student cannot give x0 from pure "
                "noise (alpha_T = 0 at zero terminal SNR): set it false, or use a v-prediction teacher")
         allowed = student_step_counts(a.student_timesteps, T)
+        _check(set(a.simulated_samplers) <= set(allowed) and len(a.student_timesteps) in a.simulated_samplers,
+               f"{where}.add.simulated_samplers", f"must be step counts the student samples with "
+               f"({', '.join(map(str, allowed))}), {len(a.student_timesteps)} among them (the only sampler that calls "
+               f"it at every trained timestep), got {a.simulated_samplers}")
         if has("consistency"):
             _check(T % self.consistency.solver_steps == 0, f"{where}.consistency.solver_steps",
                    f"must divide num_train_timesteps={T}, got {self.consistency.solver_steps}")

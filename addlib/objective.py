@@ -23,6 +23,7 @@ from torch.profiler import record_function
 from . import discriminator as disc_mod
 from . import losses
 from .diffusion import NoiseSchedule
+from .timesteps import trailing_timesteps
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,6 +92,8 @@ class Draws:
     eps_chain: torch.Tensor | None = None  # (B, N-1, ...) add.student_input: student: the noises of the sampler's
                                # chain that makes the student's own estimate: x_{tau_1}, then the re-noisings
                                # at tau_2 .. tau_{N-1} (the last re-noising, at s itself, is eps)
+    sampler_u: torch.Tensor | None = None  # (B,) U[0, 1): which of add.simulated_samplers makes a row's chain (only
+                               # drawn when there are several)
 
     def rows(self, r) -> "Draws":
         """The draws of rows ``r`` (a micro-batch or a process's share)."""
@@ -102,7 +105,8 @@ class Draws:
         """Timesteps and noises on ``device`` (augmentation parameters are moved where they are applied)."""
         return dataclasses.replace(self, s=self.s.to(device), eps=self.eps.to(device), t=self.t.to(device),
                                    eps_prime=self.eps_prime.to(device),
-                                   eps_chain=None if self.eps_chain is None else self.eps_chain.to(device))
+                                   eps_chain=None if self.eps_chain is None else self.eps_chain.to(device),
+                                   sampler_u=None if self.sampler_u is None else self.sampler_u.to(device))
 
 
 def teacher_timesteps(u: torch.Tensor, s: torch.Tensor, lo: int, hi: int, T: int, at_most_s: bool) -> torch.Tensor:
@@ -118,8 +122,9 @@ def teacher_timesteps(u: torch.Tensor, s: torch.Tensor, lo: int, hi: int, T: int
 def draw_step(cfg, generator: torch.Generator, aug_generator: torch.Generator, batch: int,
               latent_shape: tuple, pixel_shape: tuple, T: int) -> Draws:
     """The draws of one step for a global batch of ``batch`` (``cfg``: ADDConfig). Order of draws: s, eps, t,
-    eps_prime (then, with ``student_input: student`` only, eps_chain) from ``generator``; the three augmentations
-    from ``aug_generator``. So the paper's input (``data``) draws exactly what it drew before the option existed."""
+    eps_prime (then, with ``student_input: student`` only, eps_chain, and with several simulated samplers their
+    choice) from ``generator``; the three augmentations from ``aug_generator``. So the paper's input (``data``)
+    draws exactly what it drew before the options existed."""
     tau = torch.tensor(cfg.student_timesteps)
     lo, hi = cfg.teacher_t_range
     s = tau[torch.randint(0, len(tau), (batch,), generator=generator)]
@@ -129,10 +134,12 @@ def draw_step(cfg, generator: torch.Generator, aug_generator: torch.Generator, b
     eps_prime = torch.randn((batch, *latent_shape), generator=generator)
     eps_chain = (torch.randn((batch, len(tau) - 1, *latent_shape), generator=generator)
                  if cfg.student_input == "student" else None)
+    sampler_u = (torch.rand(batch, generator=generator)
+                 if cfg.student_input == "student" and len(cfg.simulated_samplers) > 1 else None)
     augment = {k: k in cfg.discriminator.augment for k in ("color", "translation", "cutout")}
     augs = ([disc_mod.draw_augment(batch, *pixel_shape, aug_generator, **augment) for _ in range(3)]
             if cfg.lambda_adv > 0 else [None] * 3)
-    return Draws(s, eps, t, eps_prime, *augs, eps_chain=eps_chain)
+    return Draws(s, eps, t, eps_prime, *augs, eps_chain=eps_chain, sampler_u=sampler_u)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,30 +194,46 @@ class StudentLoss:
             "perceptual+pseudo_huber": lambda a, b: 0.5 * (perceptual(a, b) + losses.distance_pseudo_huber(a, b)),
         }[self.cfg.distance]
 
+    def chains(self, s: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row, the timesteps at which its sampler calls the student before s (padded with 0) and how many.
+        The sampler: one of ``add.simulated_samplers`` that calls the student at s after its first call, drawn by
+        ``u`` uniformly (the N-step sampler, at every trained timestep, is always one); a row at tau_1 has none."""
+        tau = list(self.cfg.student_timesteps)
+        grids = [trailing_timesteps(n, self.sched_s.T) for n in sorted(self.cfg.simulated_samplers) if n < len(tau)]
+        grids = [g for g in grids if set(g) <= set(tau)] + [tau]   # the N-step sampler's is always one
+        calls = torch.zeros(len(s), max(len(tau) - 1, 1), dtype=torch.long)
+        m = torch.zeros(len(s), dtype=torch.long)
+        for i, si in enumerate(s.tolist()):
+            cands = [g for g in grids if si in g[1:]]
+            if cands:
+                g = cands[int(float(u[i]) * len(cands))] if len(cands) > 1 else cands[0]
+                m[i] = k = g.index(si)
+                calls[i, :k] = torch.tensor(g[:k])
+        return calls.to(s.device), m.to(s.device)
+
     @torch.no_grad()
     def sampled_x0(self, student, z0: torch.Tensor, d: Draws, states, mask) -> torch.Tensor:
         """The x0 that each row's input x_s noises. ``student_input: data`` (the paper): the data's z0. ``student``
-        (DMD2's backward simulation): for s = tau_k, k > 1, the estimate the student's k-step sampler
-        (sampling.sample_student on the trained timesteps) holds after its first k - 1 calls: the chain starts from
-        eps_chain[:, 0] at tau_1, and each call's x0 is re-noised with fresh eps_chain[:, j] to tau_{j+1}; no
-        gradient. The caller's re-noising to s itself uses eps. A row at tau_1 keeps the data's z0."""
+        (DMD2's backward simulation): the estimate the row's sampler (:meth:`chains`; sampling.sample_student)
+        holds before it calls the student at s: the chain starts from eps_chain[:, 0] at its first timestep, and
+        each call's x0 is re-noised with fresh eps_chain[:, j] to the sampler's next timestep; no gradient. The
+        caller's re-noising to s itself uses eps. A row at tau_1 keeps the data's z0."""
         if self.cfg.student_input == "data":
             return z0
-        tau = torch.tensor(self.cfg.student_timesteps, device=d.s.device)
-        k = (d.s[:, None] == tau[None]).long().argmax(1)   # s = tau[k] (0-based: k calls precede s)
-        if not (k > 0).any():
+        calls, m = self.chains(d.s, d.sampler_u)
+        if not (m > 0).any():
             return z0
         x = d.eps_chain[:, 0].to(z0.dtype).clone()
         est = z0.clone()
-        for j in range(int(k.max())):
-            on = k > j                                  # rows whose chain makes its (j+1)-th call
-            t_j = tau[j].expand(int(on.sum()))
+        for j in range(int(m.max())):
+            on = m > j                                  # rows whose chain makes its (j+1)-th call
+            t_j = calls[on, j]
             out = student(x[on], t_j, encoder_hidden_states=states[on], encoder_attention_mask=mask[on]).sample
             est[on] = self.sched_s.x0_from_output(x[on], out, t_j).to(est.dtype)
-            nxt = k > j + 1                             # rows that call again: re-noise to tau_{j+1}
+            nxt = m > j + 1                             # rows that call again: re-noise to their next timestep
             if nxt.any():
-                x[nxt] = self.sched_s.add_noise(est[nxt], d.eps_chain[nxt, j + 1].to(est.dtype), tau[j + 1].expand(
-                    int(nxt.sum()))).to(x.dtype)
+                x[nxt] = self.sched_s.add_noise(est[nxt], d.eps_chain[nxt, j + 1].to(est.dtype),
+                                                calls[nxt, j + 1]).to(x.dtype)
         return est
 
     def solve_rows(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

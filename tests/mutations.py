@@ -81,6 +81,8 @@ M = [
  ("c_img / ODE solve unguided", [("addlib/objective.py", "dc.ode_guidance, steps[m])", "1.0, steps[m])")], T_CORE),
  ("guidance from the conditional side", [("addlib/sampling.py", "return v_u + w * (v_c - v_u)", "return v_c + w * (v_c - v_u)")], T_CORE),
  ("c_img of a fake from the student's own estimate: the data x0's", [("addlib/objective.py", "c_fake = self.fake_condition(pooled, c_img, z_ode, img_rows, z_x0, own)", "c_fake = self.fake_condition(pooled, c_img, z_ode, img_rows)")], T_ADD),
+ ("backward simulation: every row on the 4-step sampler's chain", [("addlib/objective.py", "grids = [g for g in grids if set(g) <= set(tau)] + [tau]", "grids = [tau]")], T_ADD),
+ ("backward simulation: the sampler's draw ignored", [("addlib/objective.py", "g = cands[int(float(u[i]) * len(cands))] if len(cands) > 1 else cands[0]", "g = cands[-1]")], T_ADD),
  ("EMA without its warm-up", [("addlib/models.py", "d = min(self.decay, (1 + self.updates) / (10 + self.updates))", "d = self.decay")], "tests/test_training.py"),
  ("EMA warm-up one update late", [("addlib/models.py", "d = min(self.decay, (1 + self.updates) / (10 + self.updates))", "d = min(self.decay, self.updates / (9 + self.updates))")], "tests/test_training.py"),
  ("add checkpoint fingerprint covers add.train only", [("addlib/distillation.py", "fingerprint(cfg, teacher.schedule.cfg,", "fingerprint(cfg.train, teacher.schedule.cfg,")], "tests/test_add.py"),

@@ -92,7 +92,7 @@ def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, poo
     """The losses and gradients of one ADD step, straight from the paper's formulas. ``empty``: the empty prompt's
     (states, mask), for the teacher's classifier-free guidance."""
     (a_s, s_s), (a_t, s_t) = sched_s, sched_t
-    s, eps, t, eps_p, eps_chain = draws
+    s, eps, t, eps_p, eps_chain, u = draws
     dc = cfg.discriminator
     params = dict(student.named_parameters())
     p = {k: v.detach().clone().requires_grad_(True) for k, v in heads0.items()}
@@ -109,21 +109,27 @@ def reference_step(cfg, student, teacher, vit, heads0, uv, x0, states, mask, poo
         return v_u + w * (v_c - v_u)
 
     # The x0 that x_s noises: the data's, or (backward simulation) the student's own estimate after the k calls
-    # its sampler makes before s = tau[k], one row at a time: from eps_chain[0] at tau[0], each x0 re-noised with
-    # eps_chain[j] to tau[j]; no gradient.
+    # its sampler makes before s = g[k], one row at a time: from eps_chain[0] at g[0], each x0 re-noised with
+    # eps_chain[j] to g[j]; no gradient. The sampler g: among the simulated ones that call the student at s after
+    # their first call, the one u picks (the 1-, 2- and 4-step samplers' timesteps written out by hand).
     tau = cfg.student_timesteps
+    grids = {1: [999], 2: [999, 499], 4: list(tau)}
     x0_in = x0.clone()
     if cfg.student_input == "student":
         with torch.no_grad():
             for i in range(len(x0)):
-                k = tau.index(int(s[i]))
+                cands = [grids[n] for n in sorted(cfg.simulated_samplers) if int(s[i]) in grids[n][1:]]
+                if not cands:
+                    continue
+                g = cands[int(u[i] * len(cands))] if len(cands) > 1 else cands[0]
+                k = g.index(int(s[i]))
                 x = eps_chain[i, 0][None]
                 for j in range(k):
-                    tj = torch.tensor([tau[j]])
+                    tj = torch.tensor([g[j]])
                     v = student(x, tj, encoder_hidden_states=states[i:i + 1], encoder_attention_mask=mask[i:i + 1]).sample
-                    est = a_s[tau[j]] * x - s_s[tau[j]] * v
+                    est = a_s[g[j]] * x - s_s[g[j]] * v
                     if j + 1 < k:
-                        x = a_s[tau[j + 1]] * est + s_s[tau[j + 1]] * eps_chain[i, j + 1][None]
+                        x = a_s[g[j + 1]] * est + s_s[g[j + 1]] * eps_chain[i, j + 1][None]
                     x0_in[i] = est[0]
     # Student (v-prediction): x_s on the student's schedule; x_hat = alpha x_s - sigma v.
     x_s = col(a_s, s) * x0_in + col(s_s, s) * eps
@@ -212,6 +218,9 @@ CASES = {
     # backward simulation with the paper's c_img of the x0 that was noised: the data's for pure-noise inputs, the
     # student's own estimate for the others
     "mse_student_input_real_cimg": dict(distance="mse", student_input="student"),
+    # backward simulation of the 2-step sampler too: a row at 499 takes the 2-step chain (one call at 999) or the
+    # 4-step chain (999, 749), drawn per row
+    "cimg_noisy_student_input_two_samplers": dict(student_input="student", simulated_samplers=[2, 4], lambda_ode=2.0),
 }
 DISC_KEYS = ("ode_guidance",)  # case keys of add.discriminator
 
@@ -227,6 +236,7 @@ def test_one_add_step_equals_the_reference(tmp_path, smoke_params, tiny_data, ca
                                    c_img_noisy="teacher_ode" if case.startswith("cimg_noisy") else "real", ode_steps=3)
     cfg = dataclasses.replace(smoke_params.add, discriminator=disc_cfg, lambda_adv=1.0, lambda_distill=3.0,
                               **{"student_zero_terminal_snr": True, "student_input": "data", "lambda_ode": 0.0, "teacher_guidance": 1.0,
+                                 "simulated_samplers": [4],
                                  **overrides},  # a case names what it turns on: params.yaml's defaults may move
                               train=dataclasses.replace(smoke_params.add.train, steps=1, batch_size=B, grad_clip=0.0,
                                                         log_every=1, sample_every=0, gradient_accumulation=1))
@@ -257,6 +267,10 @@ def test_one_add_step_equals_the_reference(tmp_path, smoke_params, tiny_data, ca
     t = lo + (u - lo) * (top - lo + 1) // (hi - lo + 1) if cfg.teacher_t_at_most_s else u
     eps_p = torch.randn((B, 1, 8, 8), generator=g)
     eps_chain = torch.randn((B, len(tau) - 1, 1, 8, 8), generator=g) if cfg.student_input == "student" else None
+    two = cfg.student_input == "student" and len(cfg.simulated_samplers) > 1
+    u = torch.rand(B, generator=g) if two else None
+    if two:  # both chains occur at 499 in this batch
+        assert {bool(v < 0.5) for v in u[s == 499]} == {True, False}
     assert sorted(set(s.tolist())) == sorted(tau.tolist())  # every trained timestep: solves of 3 and fewer steps,
     # chains of 0-3 student calls
     idx = batch_indices(0, len(ds), B, 0)
@@ -282,7 +296,7 @@ def test_one_add_step_equals_the_reference(tmp_path, smoke_params, tiny_data, ca
 
     zt = lambda zero: alphas_sigmas(stock.beta_schedule, stock.beta_start, stock.beta_end, zero)  # noqa: E731
     logged, g_student, g_heads = reference_step(cfg, student0, teacher0, vit, heads0, uv, x0, states, mask, pooled,
-                                                (s, eps, t, eps_p, eps_chain), zt(cfg.student_zero_terminal_snr), zt(False),
+                                                (s, eps, t, eps_p, eps_chain, u), zt(cfg.student_zero_terminal_snr), zt(False),
                                                 tuple(a for a in cache[torch.tensor([0])][:2]))
     row = run["history"][0]
     for k, v in logged.items():

@@ -60,6 +60,7 @@ def test_unknown_key_is_named_with_suggestion(root):
     (("add", "nfsd_guidance"), -5, r"add\.nfsd_guidance: must be >= 0, got -5"),
     (("add", "lambda_ode"), -1.0, r"add\.lambda_ode: must be >= 0, got -1\.0"),
     (("add", "student_input"), "teacher", r"add\.student_input: 'teacher' is not one of 'data', 'student'"),
+    (("add", "simulated_samplers"), [4, 4], r"add\.simulated_samplers: must be distinct step counts, got \[4, 4\]"),
     (("teacher", "train", "lr"), float("inf"), r"teacher\.train\.lr: expected a finite number, got inf"),
     (("evaluators", "num_threads"), -3, r"evaluators\.num_threads: must be >= 0, got -3"),
     (("evaluate", "num_threads"), -3, r"evaluate\.num_threads: must be >= 0, got -3"),
@@ -94,6 +95,9 @@ def test_bad_values_are_one_line_errors(root, path, value, match):
     (lambda r: r["preference"].update(comparisons=[["add@1", "teacher@3"]]),
      r"preference\.comparisons: teacher@3: evaluate\.teacher_steps .* has no 3-step row"),
     (lambda r: r["consistency"].update(solver_steps=30), r"consistency\.solver_steps: must divide"),
+    (lambda r: r["add"].update(simulated_samplers=[3, 4]), r"add\.simulated_samplers: must be step counts the student "
+     r"samples with \(1, 2, 4\), 4 among them"),
+    (lambda r: r["add"].update(simulated_samplers=[2]), r"add\.simulated_samplers: .*4 among them"),
 ])
 def test_cross_section_errors_before_any_compute(root, edit, match):
     raw = _raw(root)
