@@ -258,11 +258,10 @@ class StudentLoss:
         z_in = torch.where(pure.view(-1, *[1] * (z_s.ndim - 1)), z_s, self.sched_t.add_noise(z_x0, eps, s))
         steps = (dc.ode_steps * (s + 1) + self.sched_t.T - 1) // self.sched_t.T
         z_ode = torch.zeros_like(z_in)
-        m = rows
-        empty = tuple(a.expand(int(m.sum()), *a.shape[1:]) for a in self.empty)
+        empty = tuple(a.expand(int(rows.sum()), *a.shape[1:]) for a in self.empty)
         # one solve of every row: steps of equal index share a teacher call (teacher_x0's per-row steps)
-        z_ode[m] = teacher_x0(self.teacher, self.sched_t, z_in[m], s[m], (states[m], mask[m]), empty,
-                              dc.ode_guidance, steps[m])
+        z_ode[rows] = teacher_x0(self.teacher, self.sched_t, z_in[rows], s[rows], (states[rows], mask[rows]), empty,
+                                 dc.ode_guidance, steps[rows])
         return z_ode
 
     def fake_condition(self, pooled, c_img, z_ode, rows, z_x0=None, noised_rows=None) -> torch.Tensor | None:
