@@ -1,6 +1,6 @@
 """The pipeline's stages on a latent teacher, changed by params only: a tiny random SD-layout folder (teacher,
 VAE, CLIP text encoder) or SDXL-layout folder (two text towers, added conditioning, epsilon) and a captioned RGB
-imagefolder, through prepare -> teacher -> features -> add -> consistency -> evaluators -> evaluate, then the
+imagefolder, through prepare -> teacher -> features -> add -> consistency -> evaluators -> solvers -> evaluate, then the
 student samples pixels in one call. Also the GPU benchmark's CPU path, for both layouts."""
 import json
 import math
@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from addlib import config as C
-from addlib.pipeline import add, consistency, evaluate, evaluators, features, prepare, teacher
+from addlib.pipeline import add, consistency, evaluate, evaluators, features, prepare, solvers, teacher
 from tiny_models import SD_SCHEDULE, SDXL_SCHEDULE, sd_folder, sdxl_folder
 
 
@@ -59,6 +59,7 @@ def test_stages_run_on_a_latent_teacher_by_params_alone(latent_root):
     cd = consistency.run(p, r, progress=False)  # the baseline on the same latent teacher
     assert cd["steps"] == p.add.train.steps and math.isfinite(cd["final_loss"])
     evaluators.run(p, r, progress=False)
+    solvers.run(p, r, progress=False)
     evaluate.run(p, r, progress=False)
     ev = json.loads((r / "reports/metrics/evaluate.json").read_text())
     assert {f"{m}/{k}" for m in ("student/add", "consistency/lcm") for k in p.evaluate.student_steps} <= set(ev["rows"])
