@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -67,18 +68,6 @@ def random_parts(params: C.Params, text_width: int) -> tuple[Teacher, torch.nn.M
             build_vit(params.features, params.data.channels))
 
 
-class UNetCounter:
-    """Counts a UNet's forward calls and the rows they evaluate."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.calls, self.rows = 0, 0
-        self.handle = module.register_forward_pre_hook(self._count, with_kwargs=True)
-
-    def _count(self, module, args, kwargs):
-        self.calls += 1
-        self.rows += len(args[0] if args else kwargs["sample"])
-
-
 def profile_add(params: C.Params, teacher: Teacher, backbone, tokens: int, width: int, steps: int,
                 warmup: int = 2) -> dict:
     """Seconds per step (median over ``steps`` steps after ``warmup`` steps, no profiler) and per labelled part
@@ -99,13 +88,13 @@ def profile_add(params: C.Params, teacher: Teacher, backbone, tokens: int, width
     def run(k: int, counters: bool = False) -> dict:
         cfg = dataclasses.replace(add, train=dataclasses.replace(
             add.train, steps=k, log_every=1, sample_every=0, checkpoint_every=10 ** 9))
-        student_counter = []
+        calls_seen = []  # (teacher | student, rows) per UNet call
         if counters:  # the student is a copy made inside train_add: count it through the class's calls
             orig = type(teacher.unet).forward
 
             def counted(self, *a, **kw):
                 who = "teacher" if self is teacher.unet else "student"
-                student_counter.append((who, len(a[0] if a else kw["sample"])))
+                calls_seen.append((who, len(a[0] if a else kw["sample"])))
                 return orig(self, *a, **kw)
             type(teacher.unet).forward = counted
         try:
@@ -115,7 +104,7 @@ def profile_add(params: C.Params, teacher: Teacher, backbone, tokens: int, width
         finally:
             if counters:
                 type(teacher.unet).forward = orig
-        out["unet_calls"] = student_counter
+        out["unet_calls"] = calls_seen
         return out
 
     run(warmup)  # allocator, oneDNN primitives, lazy imports
@@ -225,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(params.teacher.train.num_threads or torch.get_num_threads())
     teacher_row = time_teacher_step(params, tokens, width, args.steps)
     result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name(),
-              "cpu_count": __import__("os").cpu_count(), "threads": torch.get_num_threads(),
+              "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "params": args.params, "profile": args.profile,
               "weights": "trained" if args.trained else "random", "add": add, "teacher": teacher_row,
               "add_image_cost_in_teacher_images": teacher_row["images_per_second"] / add["images_per_second"]}
