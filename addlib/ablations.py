@@ -1,6 +1,6 @@
 """The paper's Table 1 ablations at this scale: which runs to train, and how their results become tables.
 
-The ``ablations`` section of params.yaml (shape and checks in config.AblationsConfig):
+The ``ablations`` section of params.yaml (shape and checks in config/ablations.py):
 
 - ``runs``: name -> {seeds, overrides}. dvc.yaml makes one stage per name (``ablation@<name>``, a ``foreach``),
   which trains one run per seed; ``overrides`` is a partial params file deep-merged over params.yaml (names
@@ -16,9 +16,13 @@ paper's numbers for the same rows (``PAPER``), with a sentence saying whether th
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import AblationsConfig
+from .columns import COSTS, TABLE1, TABLE1_DIGITS, header
+
+if TYPE_CHECKING:  # annotations only
+    from .config.ablations import AblationsConfig
+
 
 # The paper's Table 1 (FID at 1 student step, COCO, ADD-M; ADD_NOTES.md). Row labels of this project's
 # sub-tables -> the paper's value; rows the paper does not have are absent.
@@ -42,9 +46,7 @@ def _ordering_matches(ours: dict[str, float], paper: dict[str, float]) -> bool |
 
 
 def summarise(cfg: AblationsConfig, results: dict[str, dict[int, dict[str, float]]],
-              metrics: tuple[str, ...] = ("fid", "precision", "recall", "fid_detail", "recall_detail", "clip_score",
-                                          "prompt_accuracy", "seconds_per_step", "trainable_parameters",
-                                          "trained_state_mib", "peak_memory_mib")) -> dict:
+              metrics: tuple[str, ...] = TABLE1 + COSTS) -> dict:
     """results: run -> seed -> metrics. Returns sub-table -> {rows: [...], sentence: str}; each row holds the
     label, the run, the number of seeds, mean and std of every metric, and the paper's FID where it has one."""
     out = {}
@@ -117,19 +119,18 @@ def markdown(table1: dict) -> str:
     for table, t in table1.items():
         costs = _costs_differ(t["rows"])
         steps = _steps_scored(t["rows"])
-        extra_head = " trainable parameters | trained state (MiB) | peak memory (MiB) | s / step |" if costs else ""
-        extra_head += "".join(f" FID {k} steps | FID (detail) {k} steps |" for k in steps)
+        columns = list(TABLE1) + (list(COSTS) if costs else [])
+        extra_head = "".join(f" {header('fid')} {k} steps | {header('fid_detail')} {k} steps |" for k in steps)
         lines = [f"### {TITLES.get(table, table)}", "",
-                 "| row | seeds | FID | precision | recall | FID (detail) | recall (detail) | CLIP score | "
-                 "prompt accuracy | paper FID |" + extra_head,
-                 "|---|---|---|---|---|---|---|---|---|---|" + "---|" * ((4 if costs else 0) + 2 * len(steps))]
+                 "| row | seeds | " + " | ".join(map(header, TABLE1)) + " | paper FID |"
+                 + "".join(f" {header(c)} |" for c in columns[len(TABLE1):]) + extra_head,
+                 "|---|---|" + "---|" * (len(columns) + 1 + 2 * len(steps))]
         for r in t["rows"]:
             paper = f"{r['paper_fid']:g}" if r.get("paper_fid") is not None else "-"
-            extra = (f" {r.get('trainable_parameters', 0):,.0f} | {_cell(r, 'trained_state_mib', 1)} | "
-                     f"{_cell(r, 'peak_memory_mib', 0)} | {_cell(r, 'seconds_per_step', 3)} |") if costs else ""
-            extra += "".join(f" {_cell(r, f'fid@{k}', 2)} | {_cell(r, f'fid_detail@{k}', 2)} |" for k in steps)
-            lines.append(f"| {r['row']} | {r['seeds']} | {_cell(r, 'fid', 2)} | {_cell(r, 'precision', 3)} | "
-                         f"{_cell(r, 'recall', 3)} | {_cell(r, 'fid_detail', 2)} | {_cell(r, 'recall_detail', 3)} | "
-                         f"{_cell(r, 'clip_score', 2)} | {_cell(r, 'prompt_accuracy', 3)} | {paper} |" + extra)
+            cells = [f"{r.get(c, 0):,.0f}" if c == "trainable_parameters" else _cell(r, c, TABLE1_DIGITS[c])
+                     for c in columns]
+            extra = "".join(f" {_cell(r, f'fid@{k}', 2)} | {_cell(r, f'fid_detail@{k}', 2)} |" for k in steps)
+            lines.append(f"| {r['row']} | {r['seeds']} | " + " | ".join(cells[:len(TABLE1)]) + f" | {paper} |"
+                         + "".join(f" {c} |" for c in cells[len(TABLE1):]) + extra)
         parts.append("\n".join(lines + ["", t["sentence"], ""]))
     return "\n".join(parts)

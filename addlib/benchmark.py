@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import config as C
+from .config import checks
 from .data import TRAIN, Dataset
 from .diffusion import NoiseSchedule
 from .discriminator import Discriminator, FeatureNetwork
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     try:
-        params = C.load(args.params, args.profile)
+        params = checks.load(args.params, args.profile)
     except C.ConfigError as e:
         print(f"error: {e}")
         return 2

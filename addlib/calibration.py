@@ -14,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .columns import QUALITY, header
+
 
 def class_means(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Every image replaced by the mean image of its class (total collapse, and blurred)."""
@@ -119,10 +121,9 @@ def calibrate(scorer, ref_images: torch.Tensor, labels: torch.Tensor, captions: 
     return rows
 
 
-def markdown(rows: dict[str, dict], metrics=("fid", "precision", "recall", "fid_detail", "precision_detail",
-                                             "recall_detail", "clip_score", "prompt_accuracy")) -> str:
+def markdown(rows: dict[str, dict], metrics=QUALITY) -> str:
     """The calibration table as markdown, one row per set."""
-    lines = ["| set | " + " | ".join(m.replace("_", " ") for m in metrics) + " |",
+    lines = ["| set | " + " | ".join(map(header, metrics)) + " |",
              "|---|" + "---|" * len(metrics)]
     lines += [f"| {name} | " + " | ".join(f"{r[m]:.4g}" for m in metrics) + " |" for name, r in rows.items()]
     return "\n".join(lines) + "\n"

@@ -22,17 +22,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import losses
-from .config import ADDTrainConfig, ConsistencyConfig
 from .data import Dataset, to_float
 from .diffusion import NoiseSchedule
 from .models import EMA
 from .text import TextCache
 from .training import (Checkpointer, batch_indices, content_digest, global_means, run_loop, setup_run, shard,
                        step_generator)
+
+if TYPE_CHECKING:  # annotations only
+    from .config.add import ADDTrainConfig
+    from .config.consistency import ConsistencyConfig
 
 DISTANCES = {"mse": losses.distance_mse, "l1": losses.distance_l1, "pseudo_huber": losses.distance_pseudo_huber}
 

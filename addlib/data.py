@@ -17,13 +17,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .config import DataConfig, read_metadata
+from .metadata import read_metadata
+
+if TYPE_CHECKING:  # annotations only
+    from .config.data import DataConfig
 
 TRAIN, HOLDOUT = 0, 1
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -168,7 +172,7 @@ def _read_image(path: Path, channels: int) -> torch.Tensor:
 def load_folder(cfg: DataConfig, root: Path = Path(".")) -> Dataset:
     """An imagefolder with metadata.jsonl (file_name, text[, label])."""
     folder = Path(cfg.folder) if Path(cfg.folder).is_absolute() else root / cfg.folder
-    rows = read_metadata(folder)  # checked row by row (config.read_metadata), also before the stage runs
+    rows = read_metadata(folder)  # checked row by row (metadata.read_metadata), also before the stage runs
     raw = [_read_image(folder / row["file_name"], cfg.channels) for row in rows]
     labels = np.array([int(r.get("label", -1)) for r in rows], dtype=np.int64)
     split = split_indices(labels, cfg.holdout_fraction, cfg.split_seed)

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from .config import ScheduleConfig
+if TYPE_CHECKING:  # annotations only
+    from .config.teacher import ScheduleConfig
 
 
 def base_betas(cfg: ScheduleConfig) -> torch.Tensor:

@@ -8,13 +8,15 @@ iteration, the student update (L_G + lambda L_distill, D's heads frozen), the di
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.profiler import record_function
 
-from . import config as C
 from . import grids
 from . import lora
 
@@ -26,8 +28,12 @@ from .text import TextCache
 from .training import (Checkpointer, average_gradients, batch_indices, content_digest, global_means, run_loop,
                        setup_run, step_generator, weight_dtype)
 
+if TYPE_CHECKING:  # annotations only
+    from .config.add import DiscriminatorConfig
+    from .config.features import FeatureNetConfig
 
-def build_discriminator(feat_cfg: C.FeatureNetConfig, disc_cfg: C.DiscriminatorConfig, channels: int,
+
+def build_discriminator(feat_cfg: FeatureNetConfig, disc_cfg: DiscriminatorConfig, channels: int,
                         c_text_dim: int, features_dir: Path, seed: int = 0) -> Discriminator:
     """D (section 3.2): the frozen feature network F (the weights in ``features_dir``, or timm's / a random
     init as ``feat_cfg`` says) and trainable heads conditioned on c_text (``c_text_dim`` wide) and c_img."""
@@ -53,13 +59,9 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
     micro-batch's loss is scaled by its share of the process batch, so a run gives the same updates (to
     floating point) whatever the number of processes and micro-batches, and resumes across them.
     """
-    import contextlib
-    import copy
-
     from .config import fingerprint
     from .diffusion import student_schedule
-    from .latent import VAESpace
-    from .objective import DiscriminatorLoss, StudentLoss, draw_step
+    from .objective import DiscriminatorLoss, StudentLoss
 
     tc = cfg.train
     # What the run trains on, by content, before anything is moved or cast: a checkpoint written on other data,
@@ -71,10 +73,64 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
     dev, wdtype = accelerator.device, weight_dtype(tc.mixed_precision)
     sched_t, space = teacher.schedule, teacher.space.to(dev, wdtype)
     sched_s = student_schedule(sched_t.cfg, cfg.student_zero_terminal_snr)
-    pixel_shape = tuple(x_all.shape[1:])
-    latent_shape = space.latent_shape(pixel_shape)
-    # 2. Networks: student (from the teacher, section 3.1, float32 master weights), frozen teacher and F in
-    # the weight dtype, discriminator heads.
+    # 2. Networks: the student (section 3.1), the frozen teacher and F in the weight dtype, D's heads; the EMA,
+    # both optimisers, the checkpoints of this run.
+    student, teacher_unet = student_and_teacher(cfg, teacher, space, dev, wdtype, seed)
+    ema = EMA(student, tc.ema_decay, keys=lora.trainable_names(student) if cfg.lora is not None else None)
+    ema_model = copy.deepcopy(student).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=tc.lr_student,
+                             betas=tuple(tc.betas))
+    opt_d = torch.optim.Adam(discriminator.heads.parameters(), lr=tc.lr_discriminator, betas=tuple(tc.betas))
+    ckpt = Checkpointer(checkpoint_dir, fingerprint(cfg, teacher.schedule.cfg, teacher.source, seed, inputs,
+                                                    fingerprint_extra))
+    # The discriminator is called through its parts (features, heads_forward), so it is moved, not wrapped;
+    # its heads' gradients are averaged over processes by average_gradients.
+    d_raw = discriminator.to(dev).train()
+    d_raw.F.to(wdtype)
+    wrapped, opt_g_p, opt_d_p = accelerator.prepare(student, opt_g, opt_d)
+    # 3. The objective (objective.py): text states of the empty prompt (row 0) and NFSD's negative prompt.
+    empty_1 = tuple(a.to(dev) for a in text[torch.tensor([0])][:2])
+    negative_1 = tuple(a.to(dev) for a in text[torch.tensor([negative_row])][:2])
+    student_loss = StudentLoss(cfg, teacher_unet, sched_t, sched_s, space, d_raw, empty_1, negative_1)
+    disc_loss = DiscriminatorLoss(d_raw, cfg.discriminator.r1_gamma)
+    # 4. One ADD step (ADDStep: the draws, the power iteration, the student's and D's updates, the grids).
+    grid_text = text.rows(cfg.sample_prompts).tolist() if grid_dir is not None and text.has(cfg.sample_prompts) \
+        else None
+    kept_grids = ckpt.run_dir / "progress"  # survives a kill and DVC's removal of outputs: a resumed run has them all
+    step = ADDStep(cfg, seed, accelerator, x_all, cap_all, text, wrapped, student, ema, ema_model, d_raw, opt_g_p,
+                   opt_d_p, student_loss, disc_loss, sched_s, space, grid_text, grid_dir, kept_grids if save else None)
+    # 5. Train (resuming from the latest matching checkpoint).
+    run = run_loop("add", step, steps=tc.steps, log_every=tc.log_every, checkpoint_every=tc.checkpoint_every,
+                   lr_factor=lambda k: min(1.0, (k + 1) / max(1, tc.warmup_steps)), checkpointer=ckpt,
+                   modules={"student": student, "disc_heads": d_raw.heads},
+                   optimizers={"opt_student": opt_g, "opt_disc": opt_d}, emas={"ema": ema},
+                   accelerator=accelerator, live_dir=live_dir, max_steps=max_steps, progress=progress, save=save)
+    # 6. Save the student's EMA weights as a diffusers model (LoRA-ADD: the adapters too); the grids of steps
+    # before a resume, from the run's checkpoint folder.
+    ema.copy_to(ema_model)
+    if grid_text is not None and accelerator.is_main_process and kept_grids.is_dir():
+        for png in sorted(kept_grids.glob("step_*.png")):
+            if int(png.stem.split("_")[1]) <= run["end"] and not (Path(grid_dir) / png.name).exists():
+                shutil.copy2(png, Path(grid_dir) / png.name)
+    cost = trained_state(student, opt_g, ema)
+    finished = save and accelerator.is_main_process and run["end"] == tc.steps
+    if cfg.lora is not None:  # LoRA-ADD: the adapters on their own, and the fused plain UNet as the student
+        if finished:
+            lora.save_adapters(ema_model, Path(out_dir) / lora.LORA_DIR, cfg.lora)
+        ema_model = lora.fused(ema_model)
+    if finished:
+        ema_model.save_pretrained(out_dir, safe_serialization=True)
+    return {"steps": run["end"], "resumed_from_step": run["start"], "train_seconds": run["train_seconds"],
+            "images_per_second": run["end"] * tc.batch_size / max(run["train_seconds"], 1e-9), **cost,
+            "history": run["history"], "student": ema_model, "main_process": accelerator.is_main_process,
+            "checkpoints": ckpt.run_dir}
+
+
+def student_and_teacher(cfg, teacher, space, dev, wdtype, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The student (section 3.1: a copy of the teacher's UNet, or a random init of its architecture; float32
+    master weights; LoRA-ADD: adapters on the frozen copy) and the frozen teacher UNet in the weight dtype."""
+    from .latent import VAESpace
+
     torch.manual_seed(seed)
     student = copy.deepcopy(teacher.unet).requires_grad_(True).train()
     if cfg.student_init == "random":
@@ -84,137 +140,115 @@ def train_add(cfg, teacher, seed: int, train: Dataset, text: TextCache, discrimi
         student = student.float()  # trained weights stay float32 (a half-precision checkpoint is upcast)
     if cfg.lora is not None:  # LoRA-ADD: the copied teacher weights stay frozen, only the adapters train
         student = lora.add_adapters(student, cfg.lora)
-    if tc.gradient_checkpointing:
+    if cfg.train.gradient_checkpointing:
         student.enable_gradient_checkpointing()
         if isinstance(space, VAESpace):  # both losses backpropagate through the decoder: its activations too
             space.vae.enable_gradient_checkpointing()
     teacher_unet = teacher.unet.eval().requires_grad_(False).to(dev)
     if wdtype != torch.float32:
         teacher_unet = teacher_unet.to(wdtype)
-    ema = EMA(student, tc.ema_decay, keys=lora.trainable_names(student) if cfg.lora is not None else None)
-    ema_model = copy.deepcopy(student).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=tc.lr_student,
-                             betas=tuple(tc.betas))
-    opt_d = torch.optim.Adam(discriminator.heads.parameters(), lr=tc.lr_discriminator, betas=tuple(tc.betas))
-    ckpt = Checkpointer(checkpoint_dir, fingerprint(cfg, teacher.schedule.cfg, teacher.source, seed, inputs,
-                                                    fingerprint_extra))
-    raw_student = student
-    # The discriminator is called through its parts (features, heads_forward), so it is moved, not wrapped;
-    # its heads' gradients are averaged over processes by average_gradients.
-    d_raw = discriminator.to(dev).train()
-    d_raw.F.to(wdtype)
-    student, opt_g_p, opt_d_p = accelerator.prepare(student, opt_g, opt_d)
-    # 3. The objective (objective.py): text states of the empty prompt (row 0) and NFSD's negative prompt.
-    empty_1 = tuple(a.to(dev) for a in text[torch.tensor([0])][:2])
-    negative_1 = tuple(a.to(dev) for a in text[torch.tensor([negative_row])][:2])
-    student_loss = StudentLoss(cfg, teacher_unet, sched_t, sched_s, space, d_raw, empty_1, negative_1)
-    disc_loss = DiscriminatorLoss(d_raw, cfg.discriminator.r1_gamma)
-    grid_text = None
-    if grid_dir is not None and text.has(cfg.sample_prompts):
-        grid_text = text.rows(cfg.sample_prompts).tolist()
-    kept_grids = ckpt.run_dir / "progress"  # survives a kill and DVC's removal of outputs: a resumed run has them all
-    micro = tc.gradient_accumulation
-    per_proc = tc.batch_size // accelerator.num_processes
-    if per_proc % micro:
-        raise ValueError(f"add.train.gradient_accumulation {micro} does not divide the per-process batch {per_proc}")
-    per_micro = per_proc // micro
-    first = accelerator.process_index * per_proc
-    micro_slices = [slice(first + j * per_micro, first + (j + 1) * per_micro) for j in range(micro)]
+    return student, teacher_unet
 
-    def no_sync(j: int):
+
+class ADDStep:
+    """One ADD step, in numbered parts: every random draw of the step, one spectral-norm power iteration, the
+    student's update (L_G + lambda L_distill over micro-batches, D's heads frozen), D's update (hinge + R1), and
+    a sample grid every ``sample_every`` steps. ``student`` is the module the optimiser steps (``wrapped``: the
+    same, as accelerate prepared it); ``kept_grids``: where grids are copied to survive a resume (None: not)."""
+
+    def __init__(self, cfg, seed, accelerator, x_all, cap_all, text, wrapped, student, ema, ema_model, d_raw, opt_g,
+                 opt_d, student_loss, disc_loss, sched_s, space, grid_text, grid_dir, kept_grids):
+        self.cfg, self.seed, self.accelerator, self.x_all, self.cap_all, self.text = cfg, seed, accelerator, x_all, \
+            cap_all, text
+        self.wrapped, self.student, self.ema, self.ema_model, self.d_raw = wrapped, student, ema, ema_model, d_raw
+        self.opt_g, self.opt_d, self.student_loss, self.disc_loss = opt_g, opt_d, student_loss, disc_loss
+        self.sched_s, self.space, self.grid_text, self.grid_dir, self.kept_grids = sched_s, space, grid_text, \
+            grid_dir, kept_grids
+        tc = cfg.train
+        self.micro = tc.gradient_accumulation
+        per_proc = tc.batch_size // accelerator.num_processes
+        if per_proc % self.micro:
+            raise ValueError(f"add.train.gradient_accumulation {self.micro} does not divide the per-process batch "
+                             f"{per_proc}")
+        per_micro, first = per_proc // self.micro, accelerator.process_index * per_proc
+        self.micro_slices = [slice(first + j * per_micro, first + (j + 1) * per_micro) for j in range(self.micro)]
+        self.pixel_shape = tuple(x_all.shape[1:])
+        self.latent_shape = space.latent_shape(self.pixel_shape)
+
+    def no_sync(self, j: int):
         """Skip DDP's gradient all-reduce on all but the last micro-batch (the sum is reduced once)."""
-        return accelerator.no_sync(student) if j + 1 < micro else contextlib.nullcontext()
+        return self.accelerator.no_sync(self.wrapped) if j + 1 < self.micro else contextlib.nullcontext()
 
-    def logged(parts: dict, sums: dict) -> None:
+    def logged(self, parts: dict, sums: dict) -> None:
         for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float().mean().item() / micro
+            sums[k] = sums.get(k, 0.0) + v.detach().float().mean().item() / self.micro
 
-    # 4. One ADD step.
-    def step_fn(step: int) -> dict:
+    def __call__(self, step: int) -> dict:
         with record_function("add/step"):
-            return one_step(step)
+            return self.one_step(step)
 
-    def one_step(step: int) -> dict:
-        # 4a. Every random draw of the step, for the global batch; this process's images and captions.
-        draws = draw_step(cfg, step_generator(seed, step), step_generator(seed, step, stream=1), tc.batch_size,
-                          latent_shape, pixel_shape, sched_t.T)
-        idx = batch_indices(step, len(x_all), tc.batch_size, seed)
+    def one_step(self, step: int) -> dict:
+        from .objective import draw_step
+
+        cfg, tc, accelerator, d_raw, micro = self.cfg, self.cfg.train, self.accelerator, self.d_raw, self.micro
+        dev = accelerator.device
+        # a. Every random draw of the step, for the global batch; this process's images and captions.
+        draws = draw_step(cfg, step_generator(self.seed, step), step_generator(self.seed, step, stream=1),
+                          tc.batch_size, self.latent_shape, self.pixel_shape, self.student_loss.sched_t.T)
+        idx = batch_indices(step, len(self.x_all), tc.batch_size, self.seed)
         sums: dict[str, float] = {}
-        # 4b. One power iteration of D's spectral norms: L_G and L_D below see the same normalised weights.
+        # b. One power iteration of D's spectral norms: L_G and L_D below see the same normalised weights.
         if cfg.lambda_adv > 0:
             d_raw.spectral_step()
-        # 4c. Student update with L_G + lambda L_distill, accumulated over micro-batches; D's heads are frozen
+        # c. Student update with L_G + lambda L_distill, accumulated over micro-batches; D's heads are frozen
         # (gradients reach the student through them, none is left on them).
         d_raw.heads.requires_grad_(False)
-        opt_g_p.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad(set_to_none=True)
         fakes = []
-        for j, r in enumerate(micro_slices):
-            x0 = to_float(x_all[idx[r]]).to(dev)
-            text_r = tuple(a.to(dev) for a in text[cap_all[idx[r]]])
-            with no_sync(j), accelerator.autocast():
-                out = student_loss(student, x0, text_r, draws.rows(r).to(dev))
+        for j, r in enumerate(self.micro_slices):
+            x0 = to_float(self.x_all[idx[r]]).to(dev)
+            text_r = tuple(a.to(dev) for a in self.text[self.cap_all[idx[r]]])
+            with self.no_sync(j), accelerator.autocast():
+                out = self.student_loss(self.wrapped, x0, text_r, draws.rows(r).to(dev))
                 loss = out.loss.mean()
                 if not torch.isfinite(loss):
                     return {"loss_student": loss.item()}  # run_loop stops with a clear message before any update
                 with record_function("add/student_backward"):
                     accelerator.backward(loss / micro if micro > 1 else loss)
-            logged(out.parts, sums)
+            self.logged(out.parts, sums)
             fakes.append((r, x0, out.x_hat.detach(), out.c_real, out.c_fake, out.f_real, out.f_fake))
         d_raw.heads.requires_grad_(True)
         with record_function("add/student_update"):
             if tc.grad_clip > 0:
-                accelerator.clip_grad_norm_(student.parameters(), tc.grad_clip)
-            opt_g_p.step()
-            ema.update(raw_student)
-        # 4d. Discriminator update with L_D (hinge on real and fake, R1 on the heads' inputs for the reals).
+                accelerator.clip_grad_norm_(self.wrapped.parameters(), tc.grad_clip)
+            self.opt_g.step()
+            self.ema.update(self.student)
+        # d. Discriminator update with L_D (hinge on real and fake, R1 on the heads' inputs for the reals).
         if cfg.lambda_adv > 0:
-            opt_d_p.zero_grad(set_to_none=True)
+            self.opt_d.zero_grad(set_to_none=True)
             for r, x0, x_hat, c_real, c_fake, f_real, f_fake in fakes:
                 d = draws.rows(r)
                 with accelerator.autocast():
-                    loss_d, parts = disc_loss(x0, x_hat, c_real, c_fake, d.aug_real, d.aug_fake, f_real, f_fake)
+                    loss_d, parts = self.disc_loss(x0, x_hat, c_real, c_fake, d.aug_real, d.aug_fake, f_real, f_fake)
                     loss_d = loss_d.mean()
                 with record_function("add/D_backward"):
                     accelerator.backward(loss_d / micro if micro > 1 else loss_d)
-                logged(parts, sums)
+                self.logged(parts, sums)
             with record_function("add/D_update"):
                 average_gradients(d_raw.heads.parameters(), accelerator)
-                opt_d_p.step()
+                self.opt_d.step()
+        # e. The EMA student's grid every sample_every steps (kept beside the checkpoints for a resumed run).
         done = step + 1
-        if grid_text is not None and tc.sample_every and done % tc.sample_every == 0 and accelerator.is_main_process:
-            ema.copy_to(ema_model)
-            png = grids.save_student_grid(ema_model, sched_s, text, grid_text, cfg, [1, 2, 4],
-                                    Path(grid_dir) / f"step_{done:06d}.png", f"ADD student (EMA) at step {done}",
-                                    space=space)
-            if save:
-                kept_grids.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(png, kept_grids / png.name)
+        if self.grid_text is not None and tc.sample_every and done % tc.sample_every == 0 \
+                and accelerator.is_main_process:
+            self.ema.copy_to(self.ema_model)
+            png = grids.save_student_grid(self.ema_model, self.sched_s, self.text, self.grid_text, cfg, [1, 2, 4],
+                                          Path(self.grid_dir) / f"step_{done:06d}.png",
+                                          f"ADD student (EMA) at step {done}", space=self.space)
+            if self.kept_grids is not None:
+                self.kept_grids.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(png, self.kept_grids / png.name)
         return global_means(sums, accelerator)
-
-    # 5. Train (resuming from the latest matching checkpoint).
-    run = run_loop("add", step_fn, steps=tc.steps, log_every=tc.log_every, checkpoint_every=tc.checkpoint_every,
-                   lr_factor=lambda k: min(1.0, (k + 1) / max(1, tc.warmup_steps)), checkpointer=ckpt,
-                   modules={"student": raw_student, "disc_heads": d_raw.heads},
-                   optimizers={"opt_student": opt_g, "opt_disc": opt_d}, emas={"ema": ema},
-                   accelerator=accelerator, live_dir=live_dir, max_steps=max_steps, progress=progress, save=save)
-    # 6. Save the student's EMA weights as a diffusers model; the grids of steps before a resume, from the run's
-    # checkpoint folder.
-    ema.copy_to(ema_model)
-    if grid_text is not None and accelerator.is_main_process and kept_grids.is_dir():
-        for png in sorted(kept_grids.glob("step_*.png")):
-            if int(png.stem.split("_")[1]) <= run["end"] and not (Path(grid_dir) / png.name).exists():
-                shutil.copy2(png, Path(grid_dir) / png.name)
-    cost = trained_state(student, opt_g, ema)
-    if cfg.lora is not None:  # LoRA-ADD: the adapters on their own, and the fused plain UNet as the student
-        if save and accelerator.is_main_process and run["end"] == tc.steps:
-            lora.save_adapters(ema_model, Path(out_dir) / lora.LORA_DIR, cfg.lora)
-        ema_model = lora.fused(ema_model)
-    if save and accelerator.is_main_process and run["end"] == tc.steps:
-        ema_model.save_pretrained(out_dir, safe_serialization=True)
-    return {"steps": run["end"], "resumed_from_step": run["start"], "train_seconds": run["train_seconds"],
-            "images_per_second": run["end"] * tc.batch_size / max(run["train_seconds"], 1e-9), **cost,
-            "history": run["history"], "student": ema_model, "main_process": accelerator.is_main_process,
-            "checkpoints": ckpt.run_dir}
 
 
 def trained_state(student: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: EMA) -> dict:

@@ -23,11 +23,11 @@ from collections.abc import Callable
 import torch
 
 from . import metrics as M
+from .columns import TABLE2
 from .diffusion import NoiseSchedule
 from .sampling import sample_student, sample_teacher, student_timesteps
 
-COLUMNS = ["model", "sampler", "steps", "nfe", "guidance", "seconds_per_image", "images_per_second", "fid",
-           "precision", "recall", "fid_detail", "precision_detail", "recall_detail", "clip_score", "prompt_accuracy"]
+COLUMNS = list(TABLE2)
 
 
 @dataclasses.dataclass

@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .config import EvaluatorNetConfig
+if TYPE_CHECKING:  # annotations only
+    from .config.evaluators import EvaluatorNetConfig
 
 
 class ConvNet(nn.Module):

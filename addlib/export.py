@@ -33,14 +33,15 @@ from diffusers import DiffusionPipeline, LCMScheduler, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
-from . import config as C
+from .config import from_dict
+from .config.teacher import ScheduleConfig
 from .lora import LORA_DIR
 from .sampling import initial_noise, renoise_generator, student_timesteps, unet_input_shape
 
 LCM_SCALING = 1.0e7  # c_skip(t >= 1) = 0.25 / (1e14 t^2 + 0.25) < 3e-15: the plain x0 estimate, as ADD samples
 
 
-def add_scheduler(schedule: C.ScheduleConfig, zero_terminal_snr: bool, student_timesteps: list[int]) -> LCMScheduler:
+def add_scheduler(schedule: ScheduleConfig, zero_terminal_snr: bool, student_timesteps: list[int]) -> LCMScheduler:
     """An LCMScheduler whose loop is ADD's sampler for a student trained at ``student_timesteps`` on the teacher's
     ``schedule`` (rescaled to zero terminal SNR if ``zero_terminal_snr``, as diffusion.student_schedule)."""
     T, n = schedule.num_train_timesteps, len(student_timesteps)
@@ -104,7 +105,7 @@ def build_pipeline(student: str | Path) -> DiffusionPipeline:
 
     student = Path(student)
     resolved = json.loads((student / "addlib_config.json").read_text())["config"]
-    schedule = C.from_dict(C.ScheduleConfig, resolved["teacher"]["schedule"], "teacher.schedule")
+    schedule = from_dict(ScheduleConfig, resolved["teacher"]["schedule"], "teacher.schedule")
     add = resolved["add"]
     scheduler = add_scheduler(schedule, add.get("student_zero_terminal_snr", False), add["student_timesteps"])
     unet = UNet2DConditionModel.from_pretrained(student)  # a plain diffusers UNet, SDXL-class ones included

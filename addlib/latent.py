@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, TeacherConfig, check_pipeline_folder, check_schedule  # noqa: F401 (re-exported)
+from .config import ConfigError  # noqa: F401 (re-exported)
+from .config.teacher import TeacherConfig, check_pipeline_folder, check_schedule  # noqa: F401 (re-exported)
 from .diffusion import NoiseSchedule
 from .models import load_unet
 

@@ -25,7 +25,7 @@ WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' file name
 
 
 def add_adapters(unet: torch.nn.Module, cfg) -> torch.nn.Module:
-    """Freeze ``unet`` and add LoRA adapters as ``cfg`` (a config.LoRAConfig) says; returns ``unet``."""
+    """Freeze ``unet`` and add LoRA adapters as ``cfg`` (a LoRAConfig, config/add.py) says; returns ``unet``."""
     from peft import LoraConfig
 
     unet.requires_grad_(False)

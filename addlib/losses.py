@@ -1,7 +1,7 @@
-"""Losses as pure functions: they return per-sample tensors; the training loop reduces, weights and calls
-backward. Nothing here calls ``.backward()`` (R1 uses ``torch.autograd.grad`` with ``create_graph``).
+"""ADD's losses as pure functions: they return per-sample tensors; the training loop (objective.py) reduces,
+weights and calls backward. Nothing here calls ``.backward()`` (R1 uses ``torch.autograd.grad`` with
+``create_graph``). The teacher's denoising loss is in teacher.py, F's contrastive loss in pretrain.py.
 
-- The teacher's denoising loss (v-prediction).
 - ADD section 3.2, adversarial (hinge):
       L_G = -E[ sum_k D_k(F_k(x_hat)) ]
       L_D =  E[ sum_k max(0, 1 - D_k(F_k(x0))) + gamma R1 ] + E[ sum_k max(0, 1 + D_k(F_k(x_hat))) ]
@@ -22,15 +22,6 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-
-
-def prediction_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean squared error ||out - target||^2 / dim: the diffusion objective for the network's
-    parameterisation (v-prediction, Salimans & Ho 2022, or epsilon-prediction, Ho et al. 2020).
-
-    Its minimiser is E[target | x_t, c], from which x0 follows (see diffusion.py).
-    """
-    return (out.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -120,18 +111,3 @@ def distillation_loss(x_hat: torch.Tensor, x_target: torch.Tensor, c_t: torch.Te
                       distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Per-sample c(t) * d(x_hat, sg(x_target)); the target carries no gradient."""
     return c_t.flatten() * distance(x_hat, x_target.detach())
-
-
-# --------------------------------------------------------------------------------------------------
-# Pretraining the feature network F (see pretrain.py).
-
-
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SimCLR's NT-Xent loss (Chen et al. 2020), per anchor (2B values): z1[i] and z2[i] are positives,
-    every other of the 2B embeddings a negative; cosine similarity divided by ``temperature``."""
-    z = torch.nn.functional.normalize(torch.cat([z1, z2]).float(), dim=1)
-    n = len(z1)
-    sim = z @ z.t() / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return torch.nn.functional.cross_entropy(sim, positive, reduction="none")

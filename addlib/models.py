@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import UNet2DConditionModel
 
-from .config import UNetConfig
+if TYPE_CHECKING:  # annotations only
+    from .config.teacher import UNetConfig
 
 
 def build_unet(cfg: UNetConfig, resolution: int, channels: int, cross_attention_dim: int) -> UNet2DConditionModel:

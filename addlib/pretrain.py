@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from . import losses
-from .config import FeatureNetConfig
 from .discriminator import diff_augment
 from .training import Checkpointer, batch_indices, content_digest, run_loop, set_threads, step_generator
+
+if TYPE_CHECKING:  # annotations only
+    from .config.features import FeatureNetConfig
 
 
 def build_vit(cfg: FeatureNetConfig, in_chans: int) -> nn.Module:
@@ -92,6 +94,17 @@ class SimCLR(nn.Module):
         return self.head(self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True))
 
 
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent loss (Chen et al. 2020), per anchor (2B values): z1[i] and z2[i] are positives,
+    every other of the 2B embeddings a negative; cosine similarity divided by ``temperature``."""
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]).float(), dim=1)
+    n = len(z1)
+    sim = z @ z.t() / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return torch.nn.functional.cross_entropy(sim, positive, reduction="none")
+
+
 def pretrain_features(cfg: FeatureNetConfig, seed: int, x_train: torch.Tensor, out_dir: str | Path,
                       checkpoint_dir: str | Path, live_dir: str | Path | None = None,
                       max_steps: int | None = None, progress: bool = True) -> dict:
@@ -117,7 +130,7 @@ def pretrain_features(cfg: FeatureNetConfig, seed: int, x_train: torch.Tensor, o
         x = x_in[batch_indices(step, len(x_in), pc.batch_size, seed)]
         v1, v2 = simclr_view(x, g, pc.color_jitter), simclr_view(x, g, pc.color_jitter)
         z = model_p(torch.cat([v1, v2]).to(accelerator.device))
-        loss = losses.nt_xent(z[: len(x)], z[len(x):], pc.temperature).mean()
+        loss = nt_xent(z[: len(x)], z[len(x):], pc.temperature).mean()
         if not torch.isfinite(loss):
             return {"loss": loss.item()}
         accelerator.backward(loss)

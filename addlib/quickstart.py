@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from . import config as C
+from .config import checks
 
 RESULTS = ("reports/", "models/", "data/processed", "checkpoints/")
 GIT = ["git", "-c", "user.name=addlib", "-c", "user.email=addlib@localhost"]
@@ -44,7 +45,7 @@ def make_sandbox(root: Path, dest: Path, profile: Path) -> Path:
     for key in ("runs", "tables"):  # replaced, not merged: the quick start's own ablation rows
         if key in over.get("ablations", {}):
             raw["ablations"][key] = over["ablations"][key]
-    C.parse(raw, f"{profile} over params.yaml")  # a bad profile is one line, before anything is copied or run
+    checks.parse(raw, f"{profile} over params.yaml")  # a bad profile is one line, before anything is copied or run
     dest.mkdir(parents=True, exist_ok=True)
     for f in project_files(root):
         if (dest / f).exists() and (dest / f).read_bytes() == (root / f).read_bytes():

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .columns import TABLE1, TABLE1_DIGITS, TABLE2, TABLE2_DIGITS, header
 from .paths import REPORTS
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -97,13 +98,7 @@ def table2_html(root: Path = Path(".")) -> str:
     """Table 2 at this scale: every row of the evaluate stage's comparison.csv."""
     with open(root / REPORTS / "tables" / "comparison.csv") as f:
         rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
-    cols = ["model", "sampler", "steps", "nfe", "guidance", "seconds_per_image", "images_per_second", "fid",
-            "precision", "recall", "fid_detail", "precision_detail", "recall_detail", "clip_score", "prompt_accuracy"]
-    head = ["model", "sampler", "steps", "NFE", "guidance", "s / image (batch 1)", "images / s (large batch)", "FID",
-            "precision", "recall", "FID (detail)", "precision (detail)", "recall (detail)", "CLIP score",
-            "prompt accuracy"]
-    return html_table(rows, cols, head, {"seconds_per_image": 4, "images_per_second": 1, "fid": 3, "fid_detail": 3,
-                                         "clip_score": 2, "guidance": 1}, table_id="table2")
+    return html_table(rows, list(TABLE2), [header(c) for c in TABLE2], TABLE2_DIGITS, table_id="table2")
 
 
 def targets_html(root: Path = Path(".")) -> str:
@@ -129,16 +124,11 @@ def table1_html(order: list[str] | None = None, root: Path = Path(".")) -> str:
     parts = []
     for name in order or list(t1):
         t = t1[name]
-        rows = [{"row": r["row"], "seeds": r["seeds"], "fid": _cell(r, "fid", 2), "precision": _cell(r, "precision", 3),
-                 "recall": _cell(r, "recall", 3), "fid_detail": _cell(r, "fid_detail", 2),
-                 "recall_detail": _cell(r, "recall_detail", 3), "clip_score": _cell(r, "clip_score", 2),
-                 "prompt_accuracy": _cell(r, "prompt_accuracy", 3),
+        rows = [{"row": r["row"], "seeds": r["seeds"], **{m: _cell(r, m, TABLE1_DIGITS[m]) for m in TABLE1},
                  "paper_fid": "-" if r.get("paper_fid") is None else f"{r['paper_fid']:g}"} for r in t["rows"]]
         parts.append(f"<h3>{H.escape(TITLES.get(name, name))}</h3>" + html_table(
-            rows, ["row", "seeds", "fid", "precision", "recall", "fid_detail", "recall_detail", "clip_score",
-                   "prompt_accuracy", "paper_fid"],
-            ["row", "seeds", "FID", "precision", "recall", "FID (detail)", "recall (detail)", "CLIP score",
-             "prompt accuracy", "paper's FID (COCO)"],
+            rows, ["row", "seeds", *TABLE1, "paper_fid"],
+            ["row", "seeds", *map(header, TABLE1), "paper's FID (COCO)"],
             table_id=f"table1-{name}") + f"<p>{H.escape(t['sentence'])}</p>")
     return "\n".join(parts)
 

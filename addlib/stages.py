@@ -1,11 +1,13 @@
 """The runner DVC calls: ``python -m addlib.stages <stage> [--run NAME]`` is every stage's command.
 
-Before any compute it validates the whole params.yaml and the stage's inputs (a bad key, value or missing
-folder is a one-line error and exit code 2). Then it runs the stage: ``notebooks/<stage>.ipynb`` through
-papermill on the project's registered Jupyter kernel, the notebook getting only the params file's path (and
-the run, for ``ablation``) and turning it into typed params with one call, :func:`stage_params`; a stage without
-a notebook (``diagnose``) runs its body in this process. If the stage fails, its outputs are removed (so
-nothing half-written looks valid) and the executed notebook is kept as ``reports/executed/<stage>.failed.ipynb``.
+Before any compute it parses the params sections the stage declares in dvc.yaml and checks the stage's inputs
+(a bad key, value or missing folder is a one-line error and exit code 2); the ``check`` stage, first in dvc.yaml,
+checks the whole file and every input it names (pipeline/check.py). Then it runs the stage:
+``notebooks/<stage>.ipynb`` through papermill on the project's registered Jupyter kernel, the notebook getting
+only the params file's path (and the run, for ``ablation``) and turning it into typed params with one call,
+:func:`stage_params`; a stage without a notebook (``diagnose``) runs its body in this process. If the stage fails,
+its outputs are removed (so nothing half-written looks valid) and the executed notebook is kept as
+``reports/executed/<stage>.failed.ipynb``.
 
 What a stage declares lives in dvc.yaml only: its params sections (a stage body gets typed params holding just
 those sections, the others None, so it cannot read params DVC does not track for it) and its outputs (removed
@@ -13,7 +15,6 @@ before and after a failed run). The bodies are ``addlib/pipeline/<stage>.py``, i
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import shutil
@@ -42,23 +43,19 @@ def stage_sections(stage: str, root: Path = Path(".")) -> list[str]:
     return list(dict.fromkeys(str(p).split(".")[0] for p in spec.get("params", [])))
 
 
-def restrict(p: C.Params, sections: list[str]) -> C.Params:
-    """The typed params with every section but ``sections`` set to None."""
-    return dataclasses.replace(p, **{f.name: None for f in dataclasses.fields(p) if f.name not in sections})
-
-
 def stage_params(stage: str, params_file: str | Path = "params.yaml", root: Path = Path(".")) -> C.Params:
-    """What a stage body gets: params.yaml parsed and validated, restricted to the stage's declared sections.
-    The one call a stage notebook makes with the path papermill gives it. Opened in JupyterLab, a notebook runs
-    in notebooks/: then the working directory moves to the project root (the folder holding dvc.yaml), where
-    the stage bodies and the notebook's own cells read and write."""
+    """What a stage body gets: the sections of params.yaml the stage declares, parsed and checked (the others
+    None, and their schemas not even imported). The one call a stage notebook makes with the path papermill
+    gives it. Opened in JupyterLab, a notebook runs in notebooks/: then the working directory moves to the
+    project root (the folder holding dvc.yaml), where the stage bodies and the notebook's own cells read and
+    write."""
     if not (root / "dvc.yaml").is_file():
         found = next((d for d in Path.cwd().resolve().parents if (d / "dvc.yaml").is_file()), None)
         if found is None:
             raise C.ConfigError(f"no dvc.yaml in {Path.cwd()} or above it: run from the project")
         os.chdir(found)
         print(f"working in the project root, {found}")
-    return restrict(C.load(root / params_file), stage_sections(stage, root))
+    return C.parse(C.load_raw(root / params_file), Path(params_file).name, sections=stage_sections(stage, root))
 
 
 def stage_outputs(stage: str, root: Path, key: str | None = None) -> list[Path]:
@@ -97,37 +94,33 @@ def ensure_kernel() -> None:
 
 
 def check_stage(stage: str, params_path: Path, root: Path, key: str | None = None) -> C.Params:
-    """Validate params.yaml and the stage's inputs; return the typed params the stage body gets."""
-    cfg = C.load(params_path)
-    if stage == "ablation" and key not in cfg.ablations.runs:
-        raise C.ConfigError(f"ablations.runs: no run named {key!r} (runs: {', '.join(cfg.ablations.runs)})")
+    """Check the stage's params sections and inputs (the ``check`` stage: the whole file and everything it
+    names); return the typed params the stage body gets."""
+    raw = C.load_raw(params_path)
+    if stage == "check":
+        body("check").check_all(raw, params_path.name, root)
+    p = C.parse(raw, params_path.name, sections=stage_sections(stage, root))
+    if stage == "ablation":
+        if key not in p.ablations.runs:
+            raise C.ConfigError(f"ablations.runs: no run named {key!r} (runs: {', '.join(p.ablations.runs)})")
+        for seed in p.ablations.runs[key].seeds:  # the run's own params, as its body will parse them
+            C.parse_run(raw, key, seed, params_path.name, sections=stage_sections(stage, root))
     if stage == "report":
-        missing = [run for run in cfg.ablations.runs
+        missing = [run for run in p.ablations.runs
                    if not (root / REPORTS / "ablations" / "runs" / run / "metrics.json").is_file()]
         if missing or not (root / REPORTS / "metrics" / "evaluate.json").is_file():
             raise C.ConfigError(f"report: results missing ({', '.join(missing) or 'evaluate'}); "
                                 f"run the stages before 'report' first (dvc repro)")
-    elif stage == "check":  # everything the pipeline reads from outside it (stage check: before any output goes)
-        cfg.data.check_inputs(root)
-        cfg.text_encoder.check_inputs(root)
-        cfg.teacher.check_inputs(root)
-        C.check_text_encoder_fits_teacher(cfg.text_encoder, cfg.teacher)
-        cfg.features.check_inputs(root)
-        cfg.evaluate.check_inputs(root)
-        for name in cfg.ablations.runs:  # each run's own inputs (e.g. another F's weights)
-            run = C.parse_run(C.to_dict(cfg), name, cfg.ablations.runs[name].seeds[0])
-            run.teacher.check_inputs(root)
-            run.features.check_inputs(root)
     elif stage == "prepare":
-        cfg.data.check_inputs(root)
-        cfg.text_encoder.check_inputs(root)
-    else:
+        p.data.check_inputs(root)
+        p.text_encoder.check_inputs(root)
+    elif stage != "check":
         if stage in ("teacher", "add", "solvers", "evaluate", "ablation", "diagnose"):
-            cfg.teacher.check_inputs(root)
+            p.teacher.check_inputs(root)
         if stage in ("features", "ablation"):
-            cfg.features.check_inputs(root)
+            p.features.check_inputs(root)
         if stage in ("solvers", "evaluate", "ablation", "diagnose"):
-            cfg.evaluate.check_inputs(root)
+            p.evaluate.check_inputs(root)
         needed = {"add": ("teacher", "features"), "solvers": ("teacher", "evaluators"),
                   "evaluate": ("teacher", "student", "evaluators"),
                   "diagnose": ("teacher", "student", "evaluators"),
@@ -136,11 +129,11 @@ def check_stage(stage: str, params_path: Path, root: Path, key: str | None = Non
             if not (root / MODELS / name).is_dir():
                 raise C.ConfigError(f"{root / MODELS / name}: not found; run the stages before {stage!r} "
                                     f"first (dvc repro)")
-        missing = [p for p in (root / DATA_DIR / "dataset.safetensors", root / DATA_DIR / "text_cache.safetensors")
-                   if not p.exists()]
+        missing = [f for f in (root / DATA_DIR / "dataset.safetensors", root / DATA_DIR / "text_cache.safetensors")
+                   if not f.exists()]
         if missing:
             raise C.ConfigError(f"{missing[0]}: not found; run the 'prepare' stage first (dvc repro)")
-    return restrict(cfg, stage_sections(stage, root))
+    return p
 
 
 def body(stage: str):

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from . import config as C
+from .config import checks
 from .benchmark import synthetic_data
 from .diffusion import NoiseSchedule
 from .latent import PixelSpace, Teacher
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the result as JSON here (and the table beside it, .md)")
     args = ap.parse_args(argv)
     try:
-        params = C.load(args.params, args.profile)
+        params = checks.load(args.params, args.profile)
     except C.ConfigError as e:
         print(f"error: {e}")
         return 2

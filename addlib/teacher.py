@@ -4,17 +4,28 @@ is loaded instead by latent.load_teacher."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from . import losses
-from .config import TeacherConfig
 from .data import Dataset, to_float
 from .diffusion import NoiseSchedule
 from .models import EMA, build_unet, count_parameters
 from .text import TextCache
 from .training import (Checkpointer, batch_indices, content_digest, global_means, run_loop, setup_run, shard,
                        step_generator, warmup_cosine)
+
+if TYPE_CHECKING:  # annotations only
+    from .config.teacher import TeacherConfig
+
+
+def prediction_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared error ||out - target||^2 / dim: the diffusion objective for the network's
+    parameterisation (v-prediction, Salimans & Ho 2022, or epsilon-prediction, Ho et al. 2020).
+
+    Its minimiser is E[target | x_t, c], from which x0 follows (see diffusion.py).
+    """
+    return (out.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
 def train_teacher(cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache, out_dir: str | Path,
@@ -55,7 +66,7 @@ def train_teacher(cfg: TeacherConfig, seed: int, train: Dataset, text: TextCache
         x_t = schedule.add_noise(x0, eps, t)
         with accelerator.autocast():
             v_hat = unet(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
-        loss = losses.prediction_loss(v_hat, schedule.target(x0, eps, t)).mean()
+        loss = prediction_loss(v_hat, schedule.target(x0, eps, t)).mean()
         if not torch.isfinite(loss):
             return {"loss": loss.item()}  # run_loop stops with a clear message before any update
         accelerator.backward(loss)

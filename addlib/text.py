@@ -74,7 +74,7 @@ class TextEncoder(torch.nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> "TextEncoder":
-        """From a ``config.TextEncoderConfig``; an SDXL-class pipeline folder gives an ``sdxl.SDXLTextEncoder``
+        """From a ``TextEncoderConfig`` (config/text_encoder.py); an SDXL-class pipeline folder gives an ``sdxl.SDXLTextEncoder``
         (both towers, as SDXL uses them)."""
         if cfg.path != "bundled" and (resolve_path(cfg.path) / "text_encoder_2").is_dir():
             from .sdxl import SDXLTextEncoder

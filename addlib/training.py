@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 import shutil
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import TrainConfig
 from .data import Dataset
 from .text import TextCache
+
+if TYPE_CHECKING:  # annotations only
+    from .config.teacher import TrainConfig
 
 
 # --------------------------------------------------------------------------------------------------

@@ -46,9 +46,9 @@ def root() -> Path:
 
 @pytest.fixture()
 def smoke_params():
-    from addlib import config
+    from addlib.config import checks
 
-    return config.load(ROOT / "params.yaml", ROOT / "profiles" / "smoke.yaml")
+    return checks.load(ROOT / "params.yaml", ROOT / "profiles" / "smoke.yaml")
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from addlib import config  # noqa: E402
+from addlib.config import checks  # noqa: E402
 from addlib.diffusion import NoiseSchedule  # noqa: E402
 from addlib.discriminator import Discriminator, FeatureNetwork  # noqa: E402
 from addlib.latent import PixelSpace, Teacher  # noqa: E402
@@ -26,7 +26,7 @@ from tiny_models import tiny_digits  # noqa: E402
 
 
 def tiny_setup(batch_size: int, steps: int):
-    params = config.load(ROOT / "params.yaml", ROOT / "profiles" / "smoke.yaml")
+    params = checks.load(ROOT / "params.yaml", ROOT / "profiles" / "smoke.yaml")
     ds, cache = tiny_digits(24)
     torch.manual_seed(0)
     unet = build_unet(params.teacher.unet, 8, 1, 16)

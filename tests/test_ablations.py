@@ -6,6 +6,7 @@ import yaml
 
 from addlib import ablations as A
 from addlib import config as C
+from addlib.config import checks
 
 CATALOGUE = yaml.safe_load("""
 steps: 150
@@ -26,7 +27,7 @@ tables:
 
 
 def parse(catalogue):
-    return C.from_dict(C.AblationsConfig, catalogue, "ablations")
+    return C.from_dict(C.schema("ablations"), catalogue, "ablations")
 
 
 def test_parse_and_shared_runs():
@@ -61,7 +62,7 @@ def test_bad_catalogues_are_one_line_errors(change, message):
 
 def test_each_run_is_valid_params_with_the_budget(root):
     raw = {**C.load_raw(root / "params.yaml"), "ablations": CATALOGUE}
-    cfg = C.parse(raw).ablations
+    cfg = checks.parse(raw).ablations
     for name, run in cfg.runs.items():
         for seed in run.seeds:
             p = C.parse_run(raw, name, seed)
@@ -73,12 +74,12 @@ def test_each_run_is_valid_params_with_the_budget(root):
     bad = {**raw, "ablations": {**CATALOGUE, "runs": {**CATALOGUE["runs"],
                                                       "l1": {"seeds": [0], "overrides": {"add": {"distance": "l3"}}}}}}
     with pytest.raises(C.ConfigError, match=r"ablations.runs.l1.overrides.add.distance: 'l3' is not one of"):
-        C.parse(bad, "params.yaml")
+        checks.parse(bad, "params.yaml")
 
 
 def test_the_committed_catalogue_covers_the_issue(root):
     """Distance metrics with three seeds each, and every Table 1 sub-table the ablation issue names."""
-    cfg = C.load(root / "params.yaml").ablations
+    cfg = checks.load(root / "params.yaml").ablations
     assert {"distance", "loss", "features", "conditioning", "init", "teacher_steps"} <= set(cfg.tables)
     dist = cfg.tables["distance"]
     assert {"mse", "l1", "pseudo_huber", "perceptual"} <= set(dist) and "default" in dist.values()
@@ -145,12 +146,12 @@ def test_a_run_parses_from_the_ablation_stages_restricted_params(root):
     parses each run from them."""
     from addlib import stages as S
 
-    p = S.restrict(C.load(root / "params.yaml"), S.stage_sections("ablation", root))
+    p = S.stage_params("ablation", "params.yaml", root)
     assert p.preference is None and p.consistency is None and p.add is not None
     ps = C.parse_run(C.to_dict(p), "l1", 1)
     assert ps.add.distance == "l1" and ps.seed == 1 and ps.preference is None
-    with pytest.raises(C.ConfigError, match="params.consistency: expected a mapping, got None"):
-        C.from_dict(C.Params, C.to_dict(p), "params")  # None sections only where the caller allows them
+    with pytest.raises(C.ConfigError, match="params.consistency: missing key"):
+        C.parse({k: v for k, v in C.to_dict(p).items() if v is not None})  # every section unless told which
 
 
 def test_the_paper_run_is_the_paper_profile_and_the_profile_is_the_papers_checklist(root):
@@ -164,7 +165,7 @@ def test_the_paper_run_is_the_paper_profile_and_the_profile_is_the_papers_checkl
     assert params["ablations"]["runs"]["paper"]["overrides"] == profile
     assert params["ablations"]["runs"]["paper"]["seeds"] == [0, 1, 2]
     assert "paper" in params["ablations"]["tables"]["recipe"].values()
-    p = C.load(root / "params.yaml", root / "profiles" / "paper.yaml")
+    p = checks.load(root / "params.yaml", root / "profiles" / "paper.yaml")
     a, d = p.add, p.add.discriminator
     assert (a.student_input, a.lambda_ode, a.lambda_distill, a.distance, a.weighting, a.teacher_steps,
             a.teacher_t_at_most_s, a.student_init, a.lambda_adv) == ("data", 0.0, 2.5, "mse", "exponential", 1, False,

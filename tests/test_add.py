@@ -189,9 +189,10 @@ def test_nfsd_target_by_hand():
     eps(c) - eps(empty); x_psi = x_hat - sigma/alpha (delta_D + s delta_C). An epsilon 'teacher' that returns
     a constant per prompt makes every term a number."""
     from addlib import config
+    from addlib.config.teacher import ScheduleConfig
     from addlib.objective import nfsd_target
 
-    sch = NoiseSchedule(config.from_dict(config.ScheduleConfig, dict(
+    sch = NoiseSchedule(config.from_dict(ScheduleConfig, dict(
         num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, prediction_type="epsilon",
         rescale_zero_terminal_snr=False), "s"))
 

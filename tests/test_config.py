@@ -6,10 +6,11 @@ import pytest
 import yaml
 
 from addlib import config
+from addlib.config import checks
 
 
 def test_default_and_smoke_params_parse(root, smoke_params):
-    default = config.load(root / "params.yaml")
+    default = checks.load(root / "params.yaml")
     assert default.teacher.schedule.num_train_timesteps == 1000
     assert smoke_params.teacher.train.steps < default.teacher.train.steps
     assert smoke_params.data.resolution < default.data.resolution
@@ -19,7 +20,7 @@ def test_default_and_smoke_params_parse(root, smoke_params):
 
 @pytest.mark.parametrize("profile", ["quickstart", "sd-gpu", "sdxl-gpu"])
 def test_every_profile_merges_into_valid_params(root, profile):
-    p = config.load(root / "params.yaml", root / "profiles" / f"{profile}.yaml")
+    p = checks.load(root / "params.yaml", root / "profiles" / f"{profile}.yaml")
     if profile.endswith("-gpu"):  # the stock checkpoints' schedules; an epsilon student on it (SDXL), else v at 0 SNR
         assert not p.teacher.schedule.rescale_zero_terminal_snr and p.teacher.pretrained == p.text_encoder.path
         assert p.add.student_zero_terminal_snr == (p.teacher.schedule.prediction_type == "v_prediction")
@@ -38,7 +39,7 @@ def test_unknown_key_is_named_with_suggestion(root):
     raw = _raw(root)
     raw["teacher"]["train"]["lrr"] = 0.1
     with pytest.raises(config.ConfigError, match=r"teacher\.train\.lrr: unknown key \(did you mean 'lr'\?\)"):
-        config.parse(raw)
+        checks.parse(raw)
 
 
 @pytest.mark.parametrize("path,value,match", [
@@ -78,7 +79,7 @@ def test_bad_values_are_one_line_errors(root, path, value, match):
         node = node[k]
     node[path[-1]] = value
     with pytest.raises(config.ConfigError, match=match) as e:
-        config.parse(raw)
+        checks.parse(raw)
     assert "\n" not in str(e.value)
 
 
@@ -103,34 +104,34 @@ def test_cross_section_errors_before_any_compute(root, edit, match):
     raw = _raw(root)
     edit(raw)
     with pytest.raises(config.ConfigError, match=match) as e:
-        config.parse(raw)
+        checks.parse(raw)
     assert "\n" not in str(e.value)
 
 
 def test_the_default_nfsd_negative_prompt_is_not_the_unconditional_one(root):
-    cfg = config.parse(_raw(root))
+    cfg = checks.parse(_raw(root))
     assert cfg.add.nfsd_negative_prompt.strip() != ""
     raw = _raw(root)
     raw["add"]["nfsd_negative_prompt"] = ""  # Table 1's NFSD row would then not be NFSD: its run is refused
     with pytest.raises(config.ConfigError, match=r"ablations\.runs\.nfsd\.overrides\.add\.nfsd_negative_prompt"):
-        config.parse(raw)
+        checks.parse(raw)
     del raw["ablations"]["runs"]["nfsd"]
     raw["ablations"]["tables"] = {k: {lab: run for lab, run in rows.items() if run != "nfsd"}
                                   for k, rows in raw["ablations"]["tables"].items()}
-    config.parse(raw)  # unused unless weighting is nfsd: no error
+    checks.parse(raw)  # unused unless weighting is nfsd: no error
 
 
 def test_missing_key_is_an_error(root):
     raw = _raw(root)
     del raw["teacher"]["train"]["ema_decay"]
     with pytest.raises(config.ConfigError, match=r"teacher\.train\.ema_decay: missing key"):
-        config.parse(raw)
+        checks.parse(raw)
 
 
 def test_float_written_without_dot_is_accepted(root):
     raw = _raw(root)
     raw["teacher"]["train"]["lr"] = "3e-4"  # YAML reads this as a string
-    assert config.parse(raw).teacher.train.lr == pytest.approx(3e-4)
+    assert checks.parse(raw).teacher.train.lr == pytest.approx(3e-4)
 
 
 def test_cli_check_exits_2_with_one_line(tmp_path, root):
@@ -151,17 +152,18 @@ def test_values_survive_dvcs_unquoted_rewrite(root):
     assert 'mixed_precision: "no"' in text
     raw = yaml.safe_load(text.replace('mixed_precision: "no"', "mixed_precision: no"))
     assert raw["teacher"]["train"]["mixed_precision"] is False
-    p = config.parse(raw)
+    p = checks.parse(raw)
     assert p.teacher.train.mixed_precision == "no" and p.add.train.mixed_precision == "no"
     raw["teacher"]["sample"]["sampler"] = False
     with pytest.raises(config.ConfigError, match=r"teacher\.sample\.sampler: False is not one of"):
-        config.parse(raw)
+        checks.parse(raw)
 
 
 def test_the_gpu_profile_changes_no_training_value(root):
     # profiles/gpu.yaml (the embedded default on one GPU) may change threads and the sampling batch only, so the
     # GPU run's results are the default's; it validates over params.yaml and over the smoke profile's sizes
     from addlib import config as C
+    from addlib.config import checks
 
     def flat(d, pre=""):
         return {k2: v2 for k, v in d.items() for k2, v2 in
@@ -173,5 +175,27 @@ def test_the_gpu_profile_changes_no_training_value(root):
     changed = {k for k, v in flat(merged).items() if flat(base).get(k) != v}
     assert changed and all(k.endswith(".num_threads") or k == "evaluate.batch_size" for k in changed), changed
     assert set(flat(merged)) == set(flat(base))  # no new key either
-    C.parse(merged, "gpu over params.yaml")
-    C.parse(C.deep_merge(C.deep_merge(base, C.read_yaml(root / "profiles" / "smoke.yaml")), gpu), "gpu over smoke")
+    checks.parse(merged, "gpu over params.yaml")
+    checks.parse(C.deep_merge(C.deep_merge(base, C.read_yaml(root / "profiles" / "smoke.yaml")), gpu), "gpu over smoke")
+
+
+@pytest.mark.parametrize("profile", ["sd-gpu", "sdxl-gpu"])
+def test_the_gpu_profiles_sit_on_the_papers_recipe(tmp_path, root, profile):
+    """A latent teacher at scale trains the paper's objective: its profile sets no key the paper profile sets
+    (nor any other value of the objective), and `merge params.yaml paper.yaml <profile>` gives the paper's values."""
+    def flat(d, at=""):
+        return {k2: v2 for k, v in d.items() for k2, v2 in
+                (flat(v, f"{at}{k}.").items() if isinstance(v, dict) else [(f"{at}{k}", v)])}
+
+    paper = flat(config.read_yaml(root / "profiles" / "paper.yaml"))
+    scale = flat(config.read_yaml(root / "profiles" / f"{profile}.yaml"))
+    objective = [k for k in scale if k.startswith("add.") and not k.startswith(("add.train.", "add.sample"))
+                 and k != "add.student_zero_terminal_snr"]  # the student's schedule follows the checkpoint's
+    assert not set(paper) & set(scale) and not objective, (set(paper) & set(scale), objective)
+    out = tmp_path / "params.yaml"
+    r = subprocess.run([sys.executable, "-m", "addlib.config", "merge", str(root / "params.yaml"),
+                        str(root / "profiles" / "paper.yaml"), str(root / "profiles" / f"{profile}.yaml"), "-o",
+                        str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr  # the merged file is checked whole (its paths need not exist to merge)
+    merged = flat(config.read_yaml(out))
+    assert all(merged[k] == v for k, v in paper.items()) and all(merged[k] == v for k, v in scale.items())

@@ -7,13 +7,14 @@ import torch
 from PIL import Image
 
 from addlib import config
+from addlib.config.data import DataConfig
 from addlib import data as D
 
 
 def _cfg(**kw):
     base = dict(source="mnist", folder=None, resolution=16, channels=1, holdout_fraction=0.1, split_seed=0)
     base.update(kw)
-    return config.from_dict(config.DataConfig, base, "data")
+    return config.from_dict(DataConfig, base, "data")
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +119,13 @@ def test_dataset_roundtrip(tmp_path, mnist):
     (b'["a.png", "x"]', r"metadata\.jsonl:2: needs an object with 'file_name' and 'text'"),
 ])
 def test_bad_metadata_lines_are_one_line_errors_naming_file_and_line(tmp_path, line, match):
-    """Checked before the prepare stage runs (config.DataConfig.check_inputs) and again when it loads."""
+    """Checked before the prepare stage runs (DataConfig.check_inputs) and again when it loads."""
     folder = tmp_path / "imgs"
     folder.mkdir()
     Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(folder / "a.png")
     (tmp_path / "elsewhere.png").write_bytes((folder / "a.png").read_bytes())  # exists, but outside
     (folder / "metadata.jsonl").write_bytes(b'{"file_name": "a.png", "text": "fine", "label": 0}\n' + line + b"\n")
-    cfg = config.DataConfig("folder", str(folder), 8, 1, 0.2, 0)
+    cfg = DataConfig("folder", str(folder), 8, 1, 0.2, 0)
     for check in (lambda: cfg.check_inputs(tmp_path), lambda: D.load_folder(cfg)):
         with pytest.raises(config.ConfigError, match=match) as e:
             check()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from addlib import config
+from addlib.config.teacher import ScheduleConfig
 from addlib.diagnostics import denoise_from_data, refinement_trace, tone
 from addlib.pipeline.diagnose import main
 from addlib.diffusion import NoiseSchedule
@@ -13,7 +14,7 @@ from tiny_models import DeltaDenoiser
 
 
 def schedule():
-    return NoiseSchedule(config.from_dict(config.ScheduleConfig, dict(
+    return NoiseSchedule(config.from_dict(ScheduleConfig, dict(
         num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
         prediction_type="v_prediction", rescale_zero_terminal_snr=True), "s"))
 

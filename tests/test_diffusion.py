@@ -3,11 +3,12 @@ import pytest
 import torch
 
 from addlib import config
+from addlib.config.teacher import ScheduleConfig
 from addlib.diffusion import NoiseSchedule, base_betas, rescale_zero_terminal_snr
 
 
 def _sched(kind="linear"):
-    return config.from_dict(config.ScheduleConfig, dict(num_train_timesteps=1000, beta_schedule=kind,
+    return config.from_dict(ScheduleConfig, dict(num_train_timesteps=1000, beta_schedule=kind,
                                                         beta_start=1e-4, beta_end=0.02,
                       prediction_type="v_prediction", rescale_zero_terminal_snr=True), "schedule")
 
@@ -76,7 +77,7 @@ def test_epsilon_parameterisation_on_the_original_schedule():
     closed form and diffusers' own schedule."""
     from diffusers import DDPMScheduler
 
-    cfg = config.from_dict(config.ScheduleConfig, dict(num_train_timesteps=1000, beta_schedule="scaled_linear",
+    cfg = config.from_dict(ScheduleConfig, dict(num_train_timesteps=1000, beta_schedule="scaled_linear",
                                                        beta_start=0.00085, beta_end=0.012,
                                                        prediction_type="epsilon",
                                                        rescale_zero_terminal_snr=False), "schedule")
@@ -97,6 +98,6 @@ def test_epsilon_parameterisation_on_the_original_schedule():
 
 def test_epsilon_at_zero_terminal_snr_is_a_config_error():
     with pytest.raises(config.ConfigError, match="epsilon-prediction"):
-        config.from_dict(config.ScheduleConfig, dict(num_train_timesteps=1000, beta_schedule="linear",
+        config.from_dict(ScheduleConfig, dict(num_train_timesteps=1000, beta_schedule="linear",
                                                      beta_start=1e-4, beta_end=0.02, prediction_type="epsilon",
                                                      rescale_zero_terminal_snr=True), "schedule")

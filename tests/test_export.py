@@ -10,6 +10,7 @@ import torch
 
 from addlib import config as C
 from addlib import export as X
+from addlib.config.teacher import ScheduleConfig
 from addlib.diffusion import student_schedule
 from addlib.models import build_unet
 from addlib.export import ADDSampler
@@ -78,7 +79,7 @@ def test_a_latent_student_loads_like_sd_turbo(layout, tmp_path, smoke_params):
     sdxl = layout == "sdxl"
     # its tokenizers' model_max_length is not the 12 tokens the student trained on
     sd = (sdxl_folder if sdxl else sd_folder)(tmp_path / layout)
-    schedule = C.from_dict(C.ScheduleConfig, {**(SDXL_SCHEDULE if sdxl else SD_SCHEDULE),
+    schedule = C.from_dict(ScheduleConfig, {**(SDXL_SCHEDULE if sdxl else SD_SCHEDULE),
                                               "rescale_zero_terminal_snr": False}, "schedule")
     p = dataclasses.replace(
         smoke_params, data=dataclasses.replace(smoke_params.data, resolution=16, channels=3),

@@ -8,6 +8,8 @@ import timm
 import torch
 
 from addlib import config
+from addlib.config.teacher import ScheduleConfig
+from addlib.config.text_encoder import TextEncoderConfig
 from addlib.data import TRAIN, Dataset
 from addlib.discriminator import Discriminator, FeatureNetwork
 from addlib.latent import VAESpace, check_schedule, load_pretrained, load_teacher
@@ -25,11 +27,11 @@ def _params(smoke_params, folder, **add_overrides):
     # the stock checkpoint's schedule for the teacher; a v-prediction student at zero terminal SNR, an epsilon
     # one (the SDXL-layout folder of tests/test_sdxl.py) on the stock schedule
     sdxl = (folder / "text_encoder_2").is_dir()
-    schedule = config.from_dict(config.ScheduleConfig, {**(SDXL_SCHEDULE if sdxl else SD_SCHEDULE),
+    schedule = config.from_dict(ScheduleConfig, {**(SDXL_SCHEDULE if sdxl else SD_SCHEDULE),
                                                         "rescale_zero_terminal_snr": False}, "s")
     teacher = dataclasses.replace(smoke_params.teacher, pretrained=str(folder), schedule=schedule)
     add_overrides = {"student_zero_terminal_snr": not sdxl, **add_overrides}
-    text = config.from_dict(config.TextEncoderConfig, dict(path=str(folder), max_length=12, pooling="eos",
+    text = config.from_dict(TextEncoderConfig, dict(path=str(folder), max_length=12, pooling="eos",
                                                            attention_mask=False), "text_encoder")
     train = dataclasses.replace(smoke_params.add.train, steps=3, batch_size=4, checkpoint_every=10, log_every=1,
                                 sample_every=0)

@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 from addlib import config as C
+from addlib.config import checks
 from addlib.pipeline import add, consistency, evaluate, evaluators, features, prepare, solvers, teacher
 from tiny_models import SD_SCHEDULE, SDXL_SCHEDULE, sd_folder, sdxl_folder
 
@@ -43,7 +44,7 @@ def latent_root(request, tmp_path, root):
     }
     (tmp_path / "latent.yaml").write_text(yaml.safe_dump(profile))
     raw = C.deep_merge(C.load_raw(root / "params.yaml", root / "profiles" / "smoke.yaml"), profile)
-    return tmp_path, C.parse(raw)
+    return tmp_path, checks.parse(raw)
 
 
 def test_stages_run_on_a_latent_teacher_by_params_alone(latent_root):

@@ -9,11 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 from addlib import config
+from addlib.config.add import LoRAConfig
+from addlib.config.teacher import ScheduleConfig
 from addlib import lora
 from test_add import _run, _setup
 
 # alpha != rank: the scale alpha / r must survive the diffusers file (it is folded into B)
-LORA = config.LoRAConfig(rank=4, alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"])
+LORA = LoRAConfig(rank=4, alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"])
 
 
 def _lora_setup(smoke_params, tiny_data, **train):
@@ -88,7 +90,7 @@ def test_the_adapters_load_onto_the_teachers_own_pipeline(tmp_path, smoke_params
     from tiny_models import SD_SCHEDULE, sd_folder
 
     sd = sd_folder(tmp_path / "sd")
-    schedule = config.from_dict(config.ScheduleConfig, {**SD_SCHEDULE, "rescale_zero_terminal_snr": False}, "s")
+    schedule = config.from_dict(ScheduleConfig, {**SD_SCHEDULE, "rescale_zero_terminal_snr": False}, "s")
     p = dataclasses.replace(
         smoke_params, data=dataclasses.replace(smoke_params.data, resolution=16, channels=3),
         text_encoder=dataclasses.replace(smoke_params.text_encoder, path=str(sd), max_length=12, pooling="eos",

@@ -25,6 +25,60 @@ def _sh(cmd, cwd, env):
     return r
 
 
+def _readme_commands(root) -> tuple[str, list[str], list[str]]:
+    """The README's shell lines (comments cut) and Python blocks, and its line that enters the environment."""
+    text = (root / "README.md").read_text()
+    shell = [line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+             for line in block.splitlines() if line.strip()]
+    enter = next(line for line in shell if line.startswith("source "))
+    return enter, [c for c in shell if c != enter], re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def _check_readme_commands(root, repo):
+    """Every cheap command the README gives after `make repro` works as written in a fresh shell that entered
+    the environment as the README says (not its `dvc exp run`, which trains: the stages it reruns are pinned by
+    `dvc status` above); the make targets are the suite's own setup (repro, test) or open a server (lab).
+    Outside the environment, one line says how to enter it."""
+    enter, commands, python = _readme_commands(root)
+    (repo / ".venv").symlink_to(root / ".venv")
+    fresh = {"HOME": os.environ.get("HOME", "/tmp"), "PATH": "/usr/local/bin:/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    params = (repo / "params.yaml").read_text()
+    ran = []
+    for cmd in commands:
+        if cmd.startswith("make "):
+            assert cmd.split()[1] in ("repro", "test", "lab"), cmd
+            continue
+        if cmd.startswith("dvc exp run -S add."):  # trains; which stages it reruns is pinned by `dvc status` above,
+            continue                                # and `dvc exp run` itself by the ablation run above
+        r = subprocess.run(["bash", "-c", f"{enter} && {cmd}"], cwd=repo, env=fresh, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, f"README: {cmd}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+        ran.append(cmd)
+    (repo / "params.yaml").write_text(params)
+    assert any(c.startswith("python -m addlib.sample") for c in ran) and (repo / "samples.png").is_file()
+    assert any(c.startswith("dvc metrics show") for c in ran) and any(c.startswith("dvc exp show") for c in ran)
+    for block in python:
+        r = subprocess.run(["bash", "-c", f"{enter} && python -"], input=block, cwd=repo, env=fresh,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"README:\n{block}\n{r.stderr[-2000:]}"
+    r = subprocess.run([sys.executable, "-S", "-m", "addlib.sample", "--help"], cwd=repo, env=fresh,
+                       capture_output=True, text=True, timeout=60)  # -S: an interpreter without the packages
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode != 0 and len(lines) == 1 and enter in lines[0], r.stderr
+
+
+def _reading(repo, declares) -> set[str]:
+    """The stages of the sandbox's dvc.yaml (an ablation run as ablation@<run>) with a declared param that
+    ``declares``."""
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    runs = yaml.safe_load((repo / "params.yaml").read_text())["ablations"]["runs"]
+    out = set()
+    for name, s in spec.items():
+        if any(declares(str(p)) for p in s.get("do", s).get("params", [])):
+            out |= {f"{name}@{r}" for r in runs} if "foreach" in s else {name}
+    return out
+
+
 @pytest.mark.slow
 def test_dvc_repro_smoke_profile(tmp_path, root):
     # the quick start's sandbox (a copy without results, the profile applied, its own git repository)
@@ -115,7 +169,22 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
         (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
         stale = set(json.loads(_sh([str(BIN / "dvc"), "status", "--json"], repo, env).stdout))
         assert "evaluate" in stale and not stale & {"prepare", "teacher", "features", "evaluators", "solvers"}, stale
+        if key == "lambda_distill":  # exactly the stages that read it, and check (params.yaml is its dep)
+            assert stale == _reading(repo, lambda p: p in ("add", "add.lambda_distill")) | {"check"}, stale
     (repo / "params.yaml").write_text(params)
+    # an edit reruns only what it touches (issue 39): a new knob in add's schema, exactly the stages that read add
+    # (and check, which reads every section); an edit of an ADD term, no stage upstream of the student
+    runs = _reading(repo, lambda p: p == "ablations") - {"report"}
+    for path in ["addlib/config/add.py", "addlib/objective.py"]:
+        code = (repo / path).read_text()
+        (repo / path).write_text(code + "\n# an edit\n")
+        stale = set(json.loads(_sh([str(BIN / "dvc"), "status", "--json"], repo, env).stdout))
+        (repo / path).write_text(code)
+        assert {"add"} | runs <= stale and not stale & {"prepare", "teacher", "features", "evaluators"}, stale
+        if path.endswith("add.py"):  # consistency reads add.train (ADD's budget)
+            assert stale == _reading(repo, lambda p: p.split(".")[0] == "add") | {"check"}, sorted(stale)
+        else:
+            assert not stale & {"solvers", "consistency", "check"}, sorted(stale)
     # `dvc plots show` draws with no network: every plot is an image, no script comes from a CDN
     _sh([str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "dvc_plots")], repo, env)
     page = (tmp_path / "dvc_plots" / "index.html").read_text()
@@ -128,6 +197,7 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     values = leaves(shown)
     assert 5 <= len(values) <= 80 and not any(isinstance(v, str) and len(v) > 40 for v in values), values
     assert "student_fid_1step" in json.dumps(shown)
+    _check_readme_commands(root, repo)
     # `dvc exp run -S` rewrites params.yaml (and unquotes `mixed_precision: "no"`): the params still load, and
     # a change to one ablation run's entry reruns that run (after the check; the report is left out by the target)
     r = _sh([str(BIN / "dvc"), "exp", "run", "-S", "ablations.runs.l1.seeds=[1]", "ablation@l1"], repo, env)

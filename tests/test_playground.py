@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from addlib import config as C
+from addlib.config import checks
 from addlib import playground
 from addlib.models import build_unet
 from addlib.sampling import initial_noise, sample_teacher
@@ -20,7 +21,7 @@ def project(tmp_path, root):
     raw = C.load_raw(root / "params.yaml", root / "profiles" / "smoke.yaml")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     shutil.copy(root / "dvc.yaml", tmp_path / "dvc.yaml")
-    p = C.parse(raw)
+    p = checks.parse(raw)
     for name, seed in (("teacher", 0), ("student", 1)):
         torch.manual_seed(seed)
         build_unet(p.teacher.unet, p.data.resolution, p.data.channels, 384).save_pretrained(tmp_path / "models" / name)

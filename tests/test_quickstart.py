@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from addlib import config as C
+from addlib.config import checks
 from addlib.quickstart import make_sandbox
 
 
@@ -16,12 +17,12 @@ def test_the_sandbox_is_a_valid_project_with_the_quickstart_profile(tmp_path, ro
     assert (root / "params.yaml").read_text() == before  # the project's params (and comments) untouched
     assert (dest / "dvc.yaml").is_file() and (dest / "addlib" / "stages.py").is_file()
     assert not (dest / "reports").exists() and not (dest / "models").exists()  # no results copied
-    p = C.load(dest / "params.yaml")
+    p = checks.load(dest / "params.yaml")
     profile = yaml.safe_load((root / "profiles" / "quickstart.yaml").read_text())
-    assert p.teacher.train.steps == profile["teacher"]["train"]["steps"] != C.load(root / "params.yaml").teacher.train.steps
+    assert p.teacher.train.steps == profile["teacher"]["train"]["steps"] != checks.load(root / "params.yaml").teacher.train.steps
     assert set(p.ablations.runs) == {"default", "adversarial_only", "distillation_only"}
     assert list(p.ablations.tables) == ["loss"]
-    assert p.data == C.load(root / "params.yaml").data  # what the profile does not name keeps the default
+    assert p.data == checks.load(root / "params.yaml").data  # what the profile does not name keeps the default
     log = subprocess.run(["git", "log", "--oneline"], cwd=dest, capture_output=True, text=True).stdout
     assert "quick start" in log and not subprocess.run(["git", "status", "--porcelain"], cwd=dest,
                                                        capture_output=True, text=True).stdout

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from addlib import config
+from addlib.config.teacher import ScheduleConfig
 from addlib.diffusion import NoiseSchedule
 from addlib.sampling import guided_v, initial_noise, sample_teacher
 
@@ -13,7 +14,7 @@ from tiny_models import DeltaDenoiser
 @pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "euler"])
 @pytest.mark.parametrize("steps", [1, 2, 8])
 def test_solvers_recover_a_point_mass(sampler, steps):
-    s = NoiseSchedule(config.from_dict(config.ScheduleConfig, dict(num_train_timesteps=1000,
+    s = NoiseSchedule(config.from_dict(ScheduleConfig, dict(num_train_timesteps=1000,
                       beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                       prediction_type="v_prediction", rescale_zero_terminal_snr=True), "s"))
     target = torch.linspace(-0.8, 0.8, 16).view(1, 1, 4, 4)
@@ -44,7 +45,7 @@ def test_initial_noise_is_fixed_by_seed():
 
 
 def _schedule():
-    return NoiseSchedule(config.from_dict(config.ScheduleConfig, dict(num_train_timesteps=1000,
+    return NoiseSchedule(config.from_dict(ScheduleConfig, dict(num_train_timesteps=1000,
                          beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                       prediction_type="v_prediction", rescale_zero_terminal_snr=True), "s"))
 
@@ -112,7 +113,7 @@ class EpsDeltaDenoiser(DeltaDenoiser):
 @pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "euler"])
 def test_solvers_recover_a_point_mass_with_an_epsilon_teacher(sampler):
     """An SD 1.5-class teacher (epsilon, original scaled-linear schedule) through the same sampler code."""
-    s = NoiseSchedule(config.from_dict(config.ScheduleConfig, dict(
+    s = NoiseSchedule(config.from_dict(ScheduleConfig, dict(
         num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
         prediction_type="epsilon", rescale_zero_terminal_snr=False), "s"))
     target = torch.linspace(-0.8, 0.8, 16).view(1, 1, 4, 4)

@@ -8,6 +8,9 @@ import pytest
 import torch
 
 from addlib import config
+from addlib.config import checks
+from addlib.config.teacher import ScheduleConfig
+from addlib.config.text_encoder import TextEncoderConfig
 from addlib.latent import load_pretrained
 from addlib.models import load_unet
 from addlib.objective import teacher_x0
@@ -33,7 +36,7 @@ def pipe(sdxl):
 
 
 def _text_cfg(folder):
-    return config.from_dict(config.TextEncoderConfig, dict(path=str(folder), max_length=12, pooling="eos",
+    return config.from_dict(TextEncoderConfig, dict(path=str(folder), max_length=12, pooling="eos",
                                                            attention_mask=False), "text_encoder")
 
 
@@ -93,7 +96,7 @@ def test_the_teachers_guided_x0_is_what_diffusers_sdxl_computes(sdxl, pipe, smok
     DDIM's x0 for the same x_t and t."""
     from diffusers import DDIMScheduler
 
-    schedule = config.from_dict(config.ScheduleConfig, {**SDXL_SCHEDULE, "rescale_zero_terminal_snr": False}, "s")
+    schedule = config.from_dict(ScheduleConfig, {**SDXL_SCHEDULE, "rescale_zero_terminal_snr": False}, "s")
     teacher = load_pretrained(dataclasses.replace(smoke_params.teacher, pretrained=str(sdxl), schedule=schedule),
                               sdxl)
     assert isinstance(teacher.unet, SDXLUNet) and teacher.space.factor == 2
@@ -118,12 +121,12 @@ def test_the_teachers_guided_x0_is_what_diffusers_sdxl_computes(sdxl, pipe, smok
 
 
 def test_an_sdxl_text_encoder_is_required_by_an_sdxl_teacher(sdxl, smoke_params, tmp_path):
-    schedule = config.from_dict(config.ScheduleConfig, {**SDXL_SCHEDULE, "rescale_zero_terminal_snr": False}, "s")
+    schedule = config.from_dict(ScheduleConfig, {**SDXL_SCHEDULE, "rescale_zero_terminal_snr": False}, "s")
     teacher = dataclasses.replace(smoke_params.teacher, pretrained=str(sdxl), schedule=schedule)
     teacher.check_inputs(tmp_path)
-    config.check_text_encoder_fits_teacher(_text_cfg(sdxl), teacher)
+    checks.check_text_encoder_fits_teacher(_text_cfg(sdxl), teacher)
     with pytest.raises(config.ConfigError, match=r"^text_encoder\.path: the teacher .* is SDXL-class"):
-        config.check_text_encoder_fits_teacher(smoke_params.text_encoder, teacher)
+        checks.check_text_encoder_fits_teacher(smoke_params.text_encoder, teacher)
     with pytest.raises(config.ConfigError, match=r"^text_encoder: an SDXL-class folder needs pooling: eos"):
         dataclasses.replace(_text_cfg(sdxl), pooling="mean").check_inputs(tmp_path)
     import shutil

@@ -1,9 +1,14 @@
-"""Each DVC stage depends on exactly the code it runs (so an edit reruns only the stages that run it), and the
-package is layered: paths.py and the package __init__ files import nothing of it, the library never imports
-the runner or the stage bodies, and a stage body sees only the params sections dvc.yaml declares for it."""
+"""Each DVC stage depends on exactly the code it runs (so an edit reruns only the stages that run it): dvc.yaml's
+code deps are what ``python -m addlib.deps`` writes from the import graph, and a params section's schema is code
+of exactly the stages that read the section. The package is layered: paths.py and the package __init__ files
+import nothing of it (config's only its loader), the library never imports the runner or the stage bodies, and
+a stage body sees only the params sections dvc.yaml declares for it."""
 import ast
 import dataclasses
 import json
+import re
+import subprocess
+import sys
 
 from pathlib import Path
 
@@ -11,8 +16,10 @@ import pytest
 import yaml
 
 from addlib import config as C
+from addlib.config import checks
 from addlib import stages as S
-from stage_code import PKG, ROOT, closure, imported_files, stage_code
+from addlib import deps as G
+from addlib.deps import PKG, ROOT, closure, imported_files
 
 STAGES = S.dvc_stages(ROOT)
 
@@ -24,13 +31,45 @@ def test_every_stage_runs_through_the_runner_and_has_a_body():
         assert callable(S.body(stage).run), stage
 
 
+EXPECTED = G.expected(ROOT)
+
+
+def stage_code(stage: str) -> list[str]:
+    return EXPECTED[stage]
+
+
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_dvc_deps_are_exactly_the_code_the_stage_runs(stage):
     listed = sorted(d for d in STAGES[stage]["deps"] if d.startswith("addlib/"))
     assert listed == stage_code(stage), (f"dvc.yaml {stage}: missing {sorted(set(stage_code(stage)) - set(listed))}, "
-                                         f"not run {sorted(set(listed) - set(stage_code(stage)))}")
+                                         f"not run {sorted(set(listed) - set(stage_code(stage)))}; "
+                                         "run python -m addlib.deps --write")
     notebook = f"notebooks/{stage}.ipynb"
     assert (notebook in STAGES[stage]["deps"]) == (ROOT / notebook).is_file()
+
+
+def test_the_deps_command_rewrites_only_the_code_deps():
+    """``python -m addlib.deps --write`` puts back a dropped line, drops a stale one, and leaves the rest of
+    dvc.yaml (comments, params, outs) as written; on the committed file it changes nothing."""
+    text = (ROOT / "dvc.yaml").read_text()
+    assert G.rewrite(text, EXPECTED) == text
+    add_block = text.index("  add:\n")
+    dropped = text[:add_block] + text[add_block:].replace("      - addlib/objective.py\n", "", 1)
+    extra = text.replace("      - addlib/data.py\n", "      - addlib/data.py\n      - addlib/figures.py\n", 1)
+    assert dropped != text and extra != text
+    assert G.rewrite(dropped, EXPECTED) == text and G.rewrite(extra, EXPECTED) == text
+    assert subprocess.run([sys.executable, "-m", "addlib.deps", "--check"], cwd=ROOT).returncode == 0
+
+
+def test_a_section_schema_is_code_of_exactly_the_stages_that_read_it():
+    """A new knob in one section (addlib/config/<section>.py) reruns only the stages that declare the section,
+    and check (which validates the whole file): an annotation's import (under TYPE_CHECKING) is not a dep."""
+    for stage in STAGES:
+        schemas = {Path(f).stem for f in stage_code(stage) if f.startswith("addlib/config/")} & set(C.SECTIONS)
+        declared = set(S.stage_sections(stage, ROOT)) - {"seed"}
+        assert schemas == (set(C.SECTIONS) - {"seed"} if stage == "check" else declared), stage
+    assert PKG / "config" / "teacher.py" not in imported_files(PKG / "models.py")  # UNetConfig: an annotation
+    assert PKG / "config" / "teacher.py" in imported_files(PKG / "export.py")  # ScheduleConfig built at run time
 
 
 def test_the_check_stage_runs_before_every_other():
@@ -57,20 +96,28 @@ def test_stage_bodies_are_separate():
 def test_the_import_graph_is_layered():
     for f in (PKG / "paths.py", PKG / "timesteps.py", PKG / "__init__.py", PKG / "pipeline" / "__init__.py"):
         assert imported_files(f) == set(), f"{f.name} imports the package"
+    # the config package: importing it imports the loader only; a section's schema imports the loader only
+    config = PKG / "config"
+    package = {PKG / "__init__.py", config / "__init__.py"}
+    assert imported_files(config / "__init__.py") == {PKG / "__init__.py", config / "loader.py"}
+    assert imported_files(config / "loader.py") == set()  # the sections' modules by name, only those asked for
+    for section in set(C.SECTIONS) - {"seed"}:
+        assert closure(config / f"{section}.py") - {config / f"{section}.py", PKG / "metadata.py"} == package | {
+            config / "loader.py"}, section
     runner_and_bodies = {PKG / "stages.py", *(PKG / "pipeline").glob("*.py")}
-    for f in PKG.glob("*.py"):
-        if f.name != "stages.py":
+    for f in [*PKG.glob("*.py"), *config.glob("*.py")]:
+        if f.name not in ("stages.py", "deps.py"):  # deps.py writes dvc.yaml from the runner's view of it
             assert not closure(f) & (runner_and_bodies - {PKG / "pipeline" / "__init__.py"}), \
                 f"library module {f.name} imports the runner or a stage body"
     # No import loops between library modules (config <-> latent was one).
-    for f in PKG.glob("*.py"):
-        for g in imported_files(f):
+    for f in [*PKG.glob("*.py"), *config.glob("*.py")]:
+        for g in imported_files(f) - package:
             assert f not in closure(g), f"import loop: {f.name} <-> {g.name}"
 
 
 def test_a_stage_body_gets_only_its_declared_sections(root):
     p = S.stage_params("prepare", "params.yaml", root)
-    assert p.data == C.load(root / "params.yaml").data and p.seed == 0
+    assert p.data == checks.load(root / "params.yaml").data and p.seed == 0
     assert p.teacher is None and p.add is None and p.ablations is None
     d = S.stage_params("diagnose", "params.yaml", root)
     assert d.seed is None and d.data is None and d.add is not None and d.evaluate is not None
@@ -79,6 +126,28 @@ def test_a_stage_body_gets_only_its_declared_sections(root):
         p = S.stage_params(stage, "params.yaml", root)
         kept = {n for n in declared if getattr(p, n) is not None}
         assert kept == {str(x).split(".")[0] for x in STAGES[stage].get("params", [])}, stage
+
+
+def test_a_stage_imports_only_the_schemas_of_its_sections(root):
+    """The runner parses the sections a stage declares and imports no other section's module (so the dvc.yaml
+    deps that leave the others out are the truth)."""
+    code = ("import sys; from addlib import stages; stages.stage_params('prepare'); "
+            "print(sorted(m for m in sys.modules if m.startswith('addlib.config.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(["addlib.config.data", "addlib.config.loader", "addlib.config.text_encoder"])
+
+
+def test_the_check_stage_refuses_an_override_the_ablation_stage_would_not_read(root):
+    """An ablation run's override of a section the ablation stage does not declare would be dropped when the
+    stage parses its sections: the check stage says so in one line."""
+    from addlib.pipeline.check import check_all
+
+    raw = C.load_raw(root / "params.yaml")
+    check_all(raw, "params.yaml", root)
+    raw["ablations"]["runs"]["l1"]["overrides"]["preference"] = {"seeds": 2}
+    with pytest.raises(C.ConfigError, match=r"ablations\.runs\.l1\.overrides: sets preference, which the ablation "
+                       "stage does not read"):
+        check_all(raw, "params.yaml", root)
 
 
 def test_notebooks_take_the_params_file_only_and_make_one_call():
@@ -110,3 +179,20 @@ def test_a_notebook_opened_in_jupyterlab_finds_the_project(tmp_path, root, monke
     monkeypatch.chdir(tmp_path.parent)
     with pytest.raises(C.ConfigError, match="no dvc.yaml in"):
         S.stage_params("teacher", "params.yaml")
+
+
+def test_modules_and_the_two_loops_stay_readable():
+    """No library module grows past ~400 lines, and the two longest procedures, ADD's training loop and the
+    evaluation, read as numbered steps that fit a screen (their parts are functions of their own)."""
+    long = {str(f.relative_to(ROOT)): n for f in PKG.rglob("*.py") if (n := len(f.read_text().splitlines())) > 420}
+    assert not long, long
+    from addlib import distillation
+    from addlib.pipeline import evaluate
+
+    for fn in (distillation.train_add, evaluate.run):
+        source = ast.parse(Path(fn.__code__.co_filename).read_text())
+        node = next(n for n in ast.walk(source) if isinstance(n, ast.FunctionDef) and n.name == fn.__name__)
+        assert node.end_lineno - node.lineno + 1 <= 85, fn.__name__
+        steps = [int(m) for m in re.findall(r"^    # (\d+)\. ", ast.get_source_segment(
+            Path(fn.__code__.co_filename).read_text(), node), re.M)]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 5, (fn.__name__, steps)

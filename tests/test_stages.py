@@ -32,8 +32,10 @@ def _assert_clean_failure(r, cwd, message):
 
 
 def test_unknown_params_key(tmp_path, root):
+    """Stopped by the check stage (the whole file, first in dvc.yaml) and by every stage that reads the section
+    (a stage parses only the sections it declares: prepare does not read teacher)."""
     cwd = _project(tmp_path, root, lambda raw: raw["teacher"]["train"].update(stpes=5))
-    for stage in ["prepare", "teacher"]:
+    for stage in ["check", "teacher"]:
         _assert_clean_failure(_run(cwd, stage), cwd, "teacher.train.stpes: unknown key (did you mean 'steps'?)")
 
 
@@ -77,7 +79,8 @@ def test_ablation_run_names_and_overrides(tmp_path, root):
     (tmp_path / "bad").mkdir()
     bad = _project(tmp_path / "bad", root, lambda raw: raw["ablations"]["runs"]["l1"]["overrides"]["add"].update(
         distance="l3"))
-    _assert_clean_failure(_run(bad, "prepare"), bad, "ablations.runs.l1.overrides.add.distance: 'l3' is not one of")
+    for args in [("check",), ("ablation", "--run", "l1")]:
+        _assert_clean_failure(_run_args(bad, *args), bad, "ablations.runs.l1.overrides.add.distance: 'l3' is not one of")
 
 
 def test_report_before_the_ablations(tmp_path, root):

@@ -5,7 +5,7 @@ backward-simulation calls. Timing is not asserted (benchmarks, not timed tests).
 import json
 
 
-from addlib import config as C
+from addlib.config import checks
 from addlib import step_profile
 from addlib.objective import draw_step
 from addlib.training import step_generator
@@ -24,7 +24,7 @@ def test_the_profile_counts_the_unet_rows_the_draws_imply(tmp_path):
     assert out.with_suffix(".md").read_text().count("|") > 4 * len(step_profile.PARTS)
     # the counted step is step 0 of seed 0: its draws, and the rows they imply (smoke: lambda_ode > 0, backward
     # simulation, both c_img solves, one teacher step at guidance 1 for the target)
-    p = C.load(ROOT / "params.yaml", ROOT / "profiles" / "smoke.yaml")
+    p = checks.load(ROOT / "params.yaml", ROOT / "profiles" / "smoke.yaml")
     cfg, n = p.add, p.add.train.batch_size
     assert cfg.student_input == "student" and cfg.lambda_ode > 0 and cfg.teacher_guidance == 1.0
     assert cfg.discriminator.ode_guidance == 1.0 and cfg.teacher_steps == 1

@@ -6,33 +6,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import config as C
-from .. import data as D
 from .. import plots
 from ..diffusion import student_schedule
-from ..distillation import build_discriminator, train_add
 from ..export import export
 from ..grids import save_student_grid
-from ..latent import load_teacher
 from ..paths import CHECKPOINTS, MODELS, REPORTS, code_version, write_json
-from .common import load_prepared, prune_checkpoints, sections
+from .common import prune_checkpoints, sections
+from .student import RESOLVED, student_inputs, train_student
 
 
 def run(p: C.Params, root: Path = Path("."), progress: bool = True) -> dict:
     cfg = p.add
-    ds, cache = load_prepared(root)
-    cache = cache.extended(cfg.sample_prompts + [cfg.nfsd_negative_prompt], p.text_encoder)
-    teacher = load_teacher(p.teacher, root / MODELS / "teacher")
-    disc = build_discriminator(p.features, cfg.discriminator, ds.images.shape[1], cache.pooled.shape[1],
-                               root / MODELS / "features", p.seed)
+    ds, cache, teacher = student_inputs(p, root)
     out, model_dir = root / REPORTS / "add", root / MODELS / "student"
-    trained = train_add(cfg, teacher, p.seed, ds.subset(D.TRAIN), cache, disc,
-                        int(cache.rows([cfg.nfsd_negative_prompt])[0]), model_dir, root / CHECKPOINTS / "add",
-                        live_dir=out / "live", grid_dir=out / "progress", progress=progress,
-                        fingerprint_extra=[C.to_dict(p.features)])
+    trained = train_student(p, ds, cache, teacher, root / MODELS / "features", model_dir, root / CHECKPOINTS / "add",
+                            progress, live_dir=out / "live", grid_dir=out / "progress")
     student, history, trained_in = trained.pop("student"), trained.pop("history"), trained.pop("checkpoints")
     if not trained.pop("main_process"):
         return {}  # under `accelerate launch`: the main process writes the reports
-    resolved = sections(p, "seed", "data", "text_encoder", "teacher", "features", "add")
+    resolved = sections(p, *RESOLVED)
     C.write_resolved(resolved, model_dir / "addlib_config.json", code_version=code_version(root))
     C.write_resolved(resolved, out / "config.json", code_version=code_version(root))
     export(model_dir, root / MODELS / "student-pipeline")  # loads with diffusers' from_pretrained

@@ -21,6 +21,7 @@ from ..models import load_unet
 from ..paths import MODELS, REPORTS, code_version, write_json
 from ..plots import image_grid
 from ..sampling import initial_noise, unet_input_shape
+from ..stages import stage_params
 from ..training import set_threads
 from .common import load_prepared, sections
 from .scoring import scoring
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(a.student) / "config.json").is_file():
         ap.error(f"--student {a.student}: no diffusers UNet there (config.json missing); run `dvc repro add` first")
     try:
-        p = C.load(a.params)
+        p = stage_params("diagnose", a.params)
     except C.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

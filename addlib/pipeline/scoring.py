@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,10 @@ from ..metrics import extract
 from ..paths import MODELS, REPORTS
 from ..text import TextCache
 from .common import has_labels
+
+if TYPE_CHECKING:  # annotations only
+    from ..config.evaluate import EvaluateConfig
+    from ..config.evaluators import EvaluatorsConfig
 
 # The solvers stage's rows (the teacher's rows of Table 2, read by evaluate), and the evaluate keys they depend
 # on: dvc.yaml declares exactly these for the stage, so a change to the student's step counts or Figure 4's grid
@@ -56,7 +60,7 @@ class Scoring:
         return p
 
 
-def scoring(ds: D.Dataset, cache: TextCache, ev_cfg: C.EvaluatorsConfig, cfg: C.EvaluateConfig,
+def scoring(ds: D.Dataset, cache: TextCache, ev_cfg: EvaluatorsConfig, cfg: EvaluateConfig,
             root: Path = Path(".")) -> Scoring:
     """FID and precision/recall features, CLIP score's image tower, prompt accuracy's classifier, and the
     features of both splits."""
@@ -84,7 +88,7 @@ def scoring(ds: D.Dataset, cache: TextCache, ev_cfg: C.EvaluatorsConfig, cfg: C.
     return Scoring(ref, sel, feat_fn, feat_name, ref_feats, sel_feats, scorer, clip_text, classifier)
 
 
-def test_inputs(sc: Scoring, cfg: C.EvaluateConfig, cache: TextCache, noise_shape: tuple) -> tuple:
+def test_inputs(sc: Scoring, cfg: EvaluateConfig, cache: TextCache, noise_shape: tuple) -> tuple:
     """Table 2's prompts (from the reference split's captions) and starting noise: the same for every row, in
     the solvers stage's rows and the evaluate stage's."""
     from ..sampling import initial_noise
@@ -95,7 +99,7 @@ def test_inputs(sc: Scoring, cfg: C.EvaluateConfig, cache: TextCache, noise_shap
 
 def table_row(gen, images: torch.Tensor, throughput: float | None, sc: Scoring, prompts, noise,
               speed_repeats: int) -> dict:
-    """One row of Table 2 (evaluation.COLUMNS): the generator's sampler, its speed at batch 1, its throughput in
+    """One row of Table 2 (columns.TABLE2): the generator's sampler, its speed at batch 1, its throughput in
     the sample run, and the images' scores; printed as it is made."""
     r = {"model": gen.model, "sampler": gen.sampler, "steps": gen.steps, "nfe": gen.nfe, "guidance": gen.guidance,
          "seconds_per_image": E.seconds_per_image_batch1(gen, prompts, noise, speed_repeats),
@@ -107,7 +111,7 @@ def table_row(gen, images: torch.Tensor, throughput: float | None, sc: Scoring, 
     return r
 
 
-def read_solver_rows(cfg: C.EvaluateConfig, root: Path = Path(".")) -> dict:
+def read_solver_rows(cfg: EvaluateConfig, root: Path = Path(".")) -> dict:
     """The solvers stage's rows, checked to have been made with ``cfg``'s values of SOLVER_KEYS (one-line error)."""
     path = root / SOLVER_ROWS
     if not path.is_file():
