@@ -31,9 +31,10 @@ from .timesteps import trailing_timesteps
 
 
 def teacher_x0(teacher, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, cond, uncond,
-               guidance: float, steps) -> torch.Tensor:
-    """The teacher's x0 estimate from x_t: one prediction (steps = 1), or a deterministic DDIM solve from
-    t to 0 in ``steps`` steps (Table 1f), with classifier-free guidance ``guidance``. ``schedule`` is the
+               guidance: float, steps, solver: str = "ddim") -> torch.Tensor:
+    """The teacher's x0 estimate from x_t: one prediction (steps = 1), or a deterministic solve from t to 0 in
+    ``steps`` steps (Table 1f), with classifier-free guidance ``guidance``: ``solver`` 'ddim' (first order) or
+    'dpmsolver++' (DPM-Solver++(2M), :func:`dpm_solver_2m`; its first step is DDIM's). ``schedule`` is the
     teacher's own. ``steps`` is one count for every row, or a count per row ((B,) tensor): step j of every
     solve with more than j steps is then made in one teacher call, so solves of different lengths share
     calls (the same per-row arithmetic as solving each group of equal length on its own)."""
@@ -41,6 +42,7 @@ def teacher_x0(teacher, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Ten
 
     n = torch.as_tensor(steps, device=t.device).expand(len(t))
     x, x0 = x_t, torch.zeros_like(x_t)
+    x0_prev, h_prev = torch.zeros_like(x_t), torch.full((len(t),), float("inf"), device=t.device)
     for j in range(int(n.max())):
         on = j < n
         rows = slice(None) if bool(on.all()) else on.nonzero().squeeze(1)
@@ -52,8 +54,29 @@ def teacher_x0(teacher, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Ten
         if j + 1 < int(n.max()):
             t_next = (t_r.float() * (n_j - j - 1).clamp_min(0) / n_j).round().long()
             x = x.clone()
-            x[rows] = schedule.add_noise(x0_j, schedule.eps_from_output(x_r, v, t_j), t_next).to(x.dtype)
+            if solver == "ddim":
+                x[rows] = schedule.add_noise(x0_j, schedule.eps_from_output(x_r, v, t_j), t_next).to(x.dtype)
+            else:
+                x[rows], h = dpm_solver_2m(schedule, x_r, x0_j, x0_prev[rows], h_prev[rows], t_j, t_next)
+                x0_prev, h_prev = x0_prev.clone(), h_prev.clone()
+                x0_prev[rows], h_prev[rows] = x0_j, h
     return x0
+
+
+def dpm_solver_2m(schedule: NoiseSchedule, x: torch.Tensor, x0: torch.Tensor, x0_prev: torch.Tensor,
+                  h_prev: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of DPM-Solver++(2M) (Lu et al. 2022, data prediction, midpoint form) from x at t to t_next, per
+    row: with lambda = log(alpha / sigma), h = lambda(t_next) - lambda(t) and r = h_prev / h,
+    x' = (sigma' / sigma) x - alpha' (exp(-h) - 1) (x0 + (x0 - x0_prev) / (2 r)). A row without a finite previous
+    step (h_prev = inf: its first step, or one from pure noise) takes the first-order step, DDIM's. Returns x' and h."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))  # half precision: the step in float32
+    lam = lambda tt: (schedule.alpha(tt, xf).log() - schedule.sigma(tt, xf).log()).flatten()  # noqa: E731
+    h = lam(t_next) - lam(t)
+    c = torch.where(torch.isfinite(h) & torch.isfinite(h_prev), h / (2 * h_prev), torch.zeros_like(h))
+    d = x0.to(xf.dtype) + c.view(-1, *[1] * (x.ndim - 1)) * (x0 - x0_prev).to(xf.dtype)
+    x_next = (schedule.sigma(t_next, xf) / schedule.sigma(t, xf)) * xf \
+        - schedule.alpha(t_next, xf) * torch.expm1(-h).view(-1, *[1] * (x.ndim - 1)) * d
+    return x_next.to(x.dtype), h
 
 
 def nfsd_target(teacher, schedule: NoiseSchedule, x_hat: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
@@ -249,7 +272,7 @@ class StudentLoss:
 
     @torch.no_grad()
     def teacher_solve(self, z_x0, z_s, eps, s, rows, states, mask) -> torch.Tensor:
-        """z_ode: the teacher's deterministic DDIM solve (guidance ``ode_guidance``) of rows ``rows`` from their
+        """z_ode: the teacher's deterministic solve (``ode_solver``, guidance ``ode_guidance``) of rows ``rows`` from their
         input, zeros elsewhere. From pure noise: from the noise itself. From a noisy input: from x_s of the same
         x0 (``z_x0``, :meth:`sampled_x0`) and the same eps on the teacher's own schedule, in ceil(ode_steps (s + 1)
         / T) steps (the step size of the solve from pure noise)."""
@@ -261,7 +284,7 @@ class StudentLoss:
         empty = tuple(a.expand(int(rows.sum()), *a.shape[1:]) for a in self.empty)
         # one solve of every row: steps of equal index share a teacher call (teacher_x0's per-row steps)
         z_ode[rows] = teacher_x0(self.teacher, self.sched_t, z_in[rows], s[rows], (states[rows], mask[rows]), empty,
-                                 dc.ode_guidance, steps[rows])
+                                 dc.ode_guidance, steps[rows], dc.ode_solver)
         return z_ode
 
     def fake_condition(self, pooled, c_img, z_ode, rows, z_x0=None, noised_rows=None) -> torch.Tensor | None:

@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import json
 import shutil
+import types
 
 import pytest
 import timm
@@ -247,7 +248,8 @@ def test_a_resumed_run_keeps_the_progress_grids_of_the_steps_before_the_kill(tmp
     assert sorted(p.name for p in grids.glob("*.png")) == ["step_000001.png", "step_000002.png", "step_000003.png"]
 
 
-def test_solves_of_different_lengths_in_one_loop_equal_each_length_solved_on_its_own(smoke_params, tiny_data):
+@pytest.mark.parametrize("solver", ["ddim", "dpmsolver++"])
+def test_solves_of_different_lengths_in_one_loop_equal_each_length_solved_on_its_own(smoke_params, tiny_data, solver):
     # teacher_x0 with a step count per row (one teacher call per step index, issue 37's speed-up) against the
     # slow path it replaced: every group of equal length solved by its own loop
     ds, cache = tiny_data
@@ -263,14 +265,97 @@ def test_solves_of_different_lengths_in_one_loop_equal_each_length_solved_on_its
     empty = tuple(a.expand(n, *a.shape[1:]) for a in cache[torch.tensor([0])][:2])
     for w in (1.0, 2.0):
         with torch.no_grad():
-            fast = teacher_x0(teacher, sched, x_t, t, (states, mask), empty, w, steps)
+            fast = teacher_x0(teacher, sched, x_t, t, (states, mask), empty, w, steps, solver)
             slow = torch.zeros_like(x_t)
             for k in steps.unique().tolist():
                 m = steps == k
                 slow[m] = teacher_x0(teacher, sched, x_t[m], t[m], (states[m], mask[m]),
-                                     tuple(a[m] for a in empty), w, k)
+                                     tuple(a[m] for a in empty), w, k, solver)
         torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
         assert steps.unique().tolist() == [1, 2, 4, 5, 6, 8]
+
+
+class _GaussianData(torch.nn.Module):
+    """The exact v-prediction denoiser of data x0 ~ N(0, s^2) per pixel: E[x0 | x_t] = alpha s^2 x_t / (alpha^2 s^2
+    + sigma^2). Its probability-flow ODE is solved in closed form: x_t = sqrt(alpha_t^2 s^2 + sigma_t^2) z."""
+
+    def __init__(self, schedule, s: float):
+        super().__init__()
+        self.schedule, self.s = schedule, s
+
+    def x0(self, x, t):
+        a, sg = self.schedule.alpha(t, x), self.schedule.sigma(t, x)
+        return a * self.s ** 2 * x / (a ** 2 * self.s ** 2 + sg ** 2)
+
+    def forward(self, x, t, encoder_hidden_states=None, encoder_attention_mask=None):
+        a, sg = self.schedule.alpha(t, x), self.schedule.sigma(t, x)
+        return types.SimpleNamespace(sample=(a * x - self.x0(x, t)) / sg)  # x0 = alpha x - sigma v
+
+
+def test_dpm_solver_solve_is_diffusers_dpm_solver_and_beats_ddim(smoke_params):
+    # The c_img / ODE solve with DPM-Solver++(2M) (issue 37: fewer teacher calls for the same accuracy), on data
+    # whose exact denoiser and ODE solution are known (x0 ~ N(0, 0.25) per pixel)
+    sched = NoiseSchedule(smoke_params.teacher.schedule)   # zero terminal SNR, v-prediction
+    model = _GaussianData(sched, 0.5).double()
+    z = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cond = (torch.zeros(64, 1, 1, dtype=torch.float64), torch.ones(64, 1, dtype=torch.float64))
+
+    def exact_x(t0):
+        t = torch.full((64,), t0)
+        return z * (sched.alpha(t, z) ** 2 * 0.25 + sched.sigma(t, z) ** 2).sqrt()
+
+    def solve(solver, n, t0=999):
+        return teacher_x0(model, sched, exact_x(t0), torch.full((64,), t0), cond, cond, 1.0, n, solver)
+
+    # 1. The same steps as diffusers' DPMSolverMultistepScheduler (2M, data prediction, first order at the end)
+    # on the same timesteps; from pure noise diffusers keeps alpha_bar_T = 2^-24 instead of 0
+    for n, t0, tol in [(3, 600, 1e-5), (6, 600, 1e-5), (8, 999, 1e-3)]:
+        ts = [int(torch.tensor(t0 * (n - j) / n).round()) for j in range(n)]
+        ref = sched.diffusers_scheduler("dpmsolver++")
+        ref.set_timesteps(timesteps=ts)
+        x = exact_x(t0)
+        for tt in ref.timesteps:
+            x = ref.step(model(x, tt.expand(64)).sample, tt, x).prev_sample
+        torch.testing.assert_close(solve("dpmsolver++", n, t0), x, rtol=0, atol=tol * float(x.abs().max()))
+
+    # 2. From pure noise its first two steps are DDIM's (no previous step, then one infinite in log-SNR)
+    torch.testing.assert_close(solve("dpmsolver++", 2), solve("ddim", 2), rtol=1e-12, atol=1e-12)
+
+    # 3. Closer to the exact solution than DDIM with as many steps, and at 8 steps than DDIM at 16: the solve's
+    # last x0 estimate, at the last timestep t_n it visits, against E[x0 | x_{t_n}] on the exact trajectory
+    def error(solver, n, t0=999):
+        t_n = torch.full((64,), int(torch.tensor(t0 / n).round()))
+        exact = model.x0(exact_x(int(t_n[0])), t_n)
+        return float((solve(solver, n, t0) - exact).abs().max() / exact.abs().max())
+
+    ddim = {n: error("ddim", n) for n in (4, 8, 16)}
+    dpm = {n: error("dpmsolver++", n) for n in (4, 8, 16)}
+    assert all(dpm[n] < 0.8 * ddim[n] for n in dpm) and dpm[8] < ddim[16], (ddim, dpm)
+    assert error("dpmsolver++", 3, t0=600) < 0.8 * error("ddim", 3, t0=600)
+
+
+def test_the_students_solves_use_the_configured_solver(smoke_params, tiny_data):
+    # StudentLoss's teacher solve (c_img of the fakes, the ODE term) takes add.discriminator.ode_solver
+    from addlib.objective import StudentLoss
+
+    solves = {}
+    for solver in ("ddim", "dpmsolver++"):
+        dc = dataclasses.replace(smoke_params.add.discriminator, ode_solver=solver, ode_steps=8)
+        add, ds, cache, teacher, disc = _setup(smoke_params, tiny_data, discriminator=dc)
+        sched = NoiseSchedule(smoke_params.teacher.schedule)
+        empty = tuple(a for a in cache[torch.tensor([0])][:2])
+        loss = StudentLoss(add, teacher.eval(), sched, sched, PixelSpace(), disc, empty, empty)
+        g = torch.Generator().manual_seed(0)
+        z_x0, z_s, eps = (torch.randn(4, 1, 8, 8, generator=g) for _ in range(3))
+        s, rows = torch.tensor([999, 999, 749, 499]), torch.ones(4, dtype=torch.bool)
+        states, mask, _ = cache[torch.arange(4)]
+        solves[solver] = loss.teacher_solve(z_x0, z_s, eps, s, rows, states, mask)
+        z_in = torch.cat([z_s[:2], sched.add_noise(z_x0[2:], eps[2:], s[2:])])
+        with torch.no_grad():
+            direct = teacher_x0(teacher, sched, z_in, s, (states, mask), tuple(a.expand(4, *a.shape[1:]) for a in empty),
+                                dc.ode_guidance, torch.tensor([8, 8, 6, 4]), solver)
+        torch.testing.assert_close(solves[solver], direct)
+    assert not torch.allclose(solves["ddim"], solves["dpmsolver++"])
 
 
 @pytest.mark.parametrize("augment", [[], ["color", "translation", "cutout"]])
