@@ -37,3 +37,35 @@ def test_the_profile_counts_the_unet_rows_the_draws_imply(tmp_path):
     assert add["unet_evaluations_per_step"]["student"]["rows"] == chain + n
     assert add["unet_evaluations_per_step"]["teacher"]["calls"] == cfg.discriminator.ode_steps + 1
     assert result["add_image_cost_in_teacher_images"] > 0
+
+
+def test_the_solve_check_compares_each_solver_with_the_fine_solve(smoke_params, tiny_data):
+    """python -m addlib.solve_check (issue 37: is a cheaper solve as close to a fine one as the default's?) on a
+    tiny random teacher: the fine solver itself is 0 away, another solver with as many steps is not, and each row
+    takes the step's number of calls (K from pure noise, ceil(K (s + 1) / T) from s)."""
+    import torch
+
+    from addlib import solve_check
+    from addlib.data import to_float
+    from addlib.diffusion import NoiseSchedule
+    from addlib.latent import PixelSpace, Teacher
+    from addlib.models import build_unet
+
+    ds, cache = tiny_data
+    torch.manual_seed(0)
+    unet = build_unet(smoke_params.teacher.unet, 8, 1, cache.states.shape[-1]).eval()
+    teacher = Teacher(unet, NoiseSchedule(smoke_params.teacher.schedule), PixelSpace(), "random")
+    states, mask, _ = cache[cache.rows(ds.captions[:6])]
+    rows = solve_check.compare(teacher, to_float(ds.images[:6]), states, mask,
+                               tuple(a for a in cache[torch.tensor([0])][:2]), [999, 499, 249],
+                               ["ddim@8", "dpmsolver++@8", "ddim@2"], fine=8, guidance=1.0)
+    assert {k: r["calls"] for k, r in rows.items()} == {
+        "ddim@8/t999": 8, "ddim@8/t499": 4, "ddim@8/t249": 2, "dpmsolver++@8/t999": 8, "dpmsolver++@8/t499": 4,
+        "dpmsolver++@8/t249": 2, "ddim@2/t999": 2, "ddim@2/t499": 1, "ddim@2/t249": 1}
+    assert all(rows[f"ddim@8/t{s}"]["rms_to_fine"] == 0 for s in (999, 499, 249))
+    assert rows["dpmsolver++@8/t999"]["rms_to_fine"] > 0 and rows["dpmsolver++@8/t499"]["rms_to_fine"] > 0
+    assert rows["ddim@2/t999"]["rms_to_fine"] > 0
+    assert rows["dpmsolver++@8/t249"]["rms_to_fine"] < 1e-5  # 2 steps: one update, the first, which is DDIM's
+    table = solve_check.markdown({"samples": 6, "fine": 8, "rows": rows})
+    assert table.count("\n| ") == 4 and "0.0000 (8)" in table  # the header and a row per solver
+    assert solve_check.main(["--solvers", "heun@4"]) == 2 and solve_check.main(["--samples", "0"]) == 2
