@@ -20,6 +20,16 @@ def write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def write_benchmark(out: str | Path | None, result: dict, table: str) -> None:
+    """A benchmark's table on stdout; with ``out``, its result as JSON there and the table beside it (.md)."""
+    print(table)
+    if out:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(table)
+
+
 CODE = ("addlib", "notebooks", "dvc.yaml")  # what a result's code version covers (params are recorded apart)
 
 

@@ -12,13 +12,13 @@ larger than the default's.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from . import config as C
 from .config import checks
+from .paths import write_benchmark
 from .targets import teacher_x0
 
 DEFAULT_SOLVERS = ("ddim@8", "ddim@4", "dpmsolver++@4", "dpmsolver++@6", "dpmsolver++@8")
@@ -107,12 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                    args.fine, p.add.discriminator.ode_guidance)
     result = {"samples": len(idx), "fine": args.fine, "guidance": p.add.discriminator.ode_guidance, "rows": rows}
     table = markdown(result)
-    print(table)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        out.with_suffix(".md").write_text(table)
+    write_benchmark(args.out, result, table)
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,7 @@ from .config import checks
 from .benchmark import synthetic_data
 from .diffusion import NoiseSchedule
 from .latent import PixelSpace, Teacher
+from .paths import write_benchmark
 
 # The labelled parts, in the order of the step, with what each holds. "add/step" is the whole step.
 PARTS = {
@@ -220,12 +220,7 @@ def main(argv: list[str] | None = None) -> int:
               "weights": "trained" if args.trained else "random", "add": add, "teacher": teacher_row,
               "add_image_cost_in_teacher_images": teacher_row["images_per_second"] / add["images_per_second"]}
     table = markdown(result)
-    print(table)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        out.with_suffix(".md").write_text(table)
+    write_benchmark(args.out, result, table)
     return 0
 
 
