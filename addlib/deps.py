@@ -125,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     path = ROOT / "dvc.yaml"
     text = path.read_text()
-    new = rewrite(text, expected(ROOT))
+    deps = expected(ROOT)
+    new = rewrite(text, deps)
     if new == text:
         print("dvc.yaml: every stage's code deps are the code it runs")
         return 0
     listed = {n: sorted(d for d in s["deps"] if d.startswith("addlib/")) for n, s in dvc_stages(ROOT).items()}
-    stale = [n for n, d in expected(ROOT).items() if listed[n] != d]
+    stale = [n for n, d in deps.items() if listed[n] != d]
     if args.write:
         path.write_text(new)
         print(f"dvc.yaml: rewrote the code deps of {', '.join(stale)}")

@@ -172,6 +172,9 @@ class ADDStep:
                              f"{per_proc}")
         per_micro, first = per_proc // self.micro, accelerator.process_index * per_proc
         self.micro_slices = [slice(first + j * per_micro, first + (j + 1) * per_micro) for j in range(self.micro)]
+        from .objective import draw_step
+
+        self.draw_step = draw_step  # imported once, not in every step
         self.pixel_shape = tuple(x_all.shape[1:])
         self.latent_shape = space.latent_shape(self.pixel_shape)
 
@@ -188,12 +191,10 @@ class ADDStep:
             return self.one_step(step)
 
     def one_step(self, step: int) -> dict:
-        from .objective import draw_step
-
         cfg, tc, accelerator, d_raw, micro = self.cfg, self.cfg.train, self.accelerator, self.d_raw, self.micro
         dev = accelerator.device
         # a. Every random draw of the step, for the global batch; this process's images and captions.
-        draws = draw_step(cfg, step_generator(self.seed, step), step_generator(self.seed, step, stream=1),
+        draws = self.draw_step(cfg, step_generator(self.seed, step), step_generator(self.seed, step, stream=1),
                           tc.batch_size, self.latent_shape, self.pixel_shape, self.student_loss.sched_t.T)
         idx = batch_indices(step, len(self.x_all), tc.batch_size, self.seed)
         sums: dict[str, float] = {}
