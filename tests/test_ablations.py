@@ -78,12 +78,22 @@ def test_each_run_is_valid_params_with_the_budget(root):
 
 
 def test_the_committed_catalogue_covers_the_issue(root):
-    """Distance metrics with three seeds each, and every Table 1 sub-table the ablation issue names."""
+    """The default run's Table 1 (issue 37: three seeds for every row compared with the default, at a budget
+    past the 1-step collapse; the paper's recipe beside the default, issue 38) and, merged over it,
+    profiles/table1-extended.yaml: every sub-table the ablation issue names, the distances with three seeds
+    each, and no run that is in no table or in both files."""
     cfg = checks.load(root / "params.yaml").ablations
-    assert {"distance", "loss", "features", "conditioning", "init", "teacher_steps"} <= set(cfg.tables)
-    dist = cfg.tables["distance"]
+    assert {"distance", "loss", "init", "recipe", "c_img_pure_noise"} <= set(cfg.tables)
+    assert all(len(run.seeds) >= 3 for run in cfg.runs.values()) and cfg.steps >= 200
+    assert cfg.runs["default"].eval_steps == cfg.runs["paper"].eval_steps == [1, 2, 4]
+    extended = C.read_yaml(root / "profiles" / "table1-extended.yaml")["ablations"]
+    assert not set(extended["runs"]) & set(cfg.runs)
+    full = checks.load(root / "params.yaml", root / "profiles" / "table1-extended.yaml").ablations
+    assert {"distance", "loss", "features", "conditioning", "init", "teacher_steps", "multistep"} <= set(full.tables)
+    dist = full.tables["distance"]
     assert {"mse", "l1", "pseudo_huber", "perceptual"} <= set(dist) and "default" in dist.values()
-    assert all(len(cfg.runs[r].seeds) >= 3 for r in dist.values())
+    assert all(len(run.seeds) >= 3 for run in full.runs.values())
+    assert (full.steps, full.batch_size) == (cfg.steps, cfg.batch_size)  # one budget for every row
 
 
 def test_summary_means_spreads_and_the_ordering_sentence():
@@ -148,8 +158,8 @@ def test_a_run_parses_from_the_ablation_stages_restricted_params(root):
 
     p = S.stage_params("ablation", "params.yaml", root)
     assert p.preference is None and p.consistency is None and p.add is not None
-    ps = C.parse_run(C.to_dict(p), "l1", 1)
-    assert ps.add.distance == "l1" and ps.seed == 1 and ps.preference is None
+    ps = C.parse_run(C.to_dict(p), "mse", 1)
+    assert ps.add.distance == "mse" and ps.seed == 1 and ps.preference is None
     with pytest.raises(C.ConfigError, match="params.consistency: missing key"):
         C.parse({k: v for k, v in C.to_dict(p).items() if v is not None})  # every section unless told which
 

@@ -111,7 +111,7 @@ def test_cross_section_errors_before_any_compute(root, edit, match):
 def test_the_default_nfsd_negative_prompt_is_not_the_unconditional_one(root):
     cfg = checks.parse(_raw(root))
     assert cfg.add.nfsd_negative_prompt.strip() != ""
-    raw = _raw(root)
+    raw = config.load_raw(root / "params.yaml", root / "profiles" / "table1-extended.yaml")  # holds the NFSD row
     raw["add"]["nfsd_negative_prompt"] = ""  # Table 1's NFSD row would then not be NFSD: its run is refused
     with pytest.raises(config.ConfigError, match=r"ablations\.runs\.nfsd\.overrides\.add\.nfsd_negative_prompt"):
         checks.parse(raw)

@@ -155,6 +155,7 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert all(math.isfinite(r["fid"]) and 0 <= r["prompt_accuracy"] <= 1 for r in diag["rows"].values())
     assert (repo / "reports/diagnostics/refinement.png").is_file() and (repo / "reports/diagnostics/denoise.png").is_file()
     _check_ablations_and_report(repo, r.stdout, tmp_path)
+    _check_budget_curve(repo, env, tmp_path)
     r = _sh([str(BIN / "dvc"), "repro"], repo, env)
     assert "Running stage" not in r.stdout
     r = _sh([str(BIN / "dvc"), "status"], repo, env)
@@ -322,6 +323,23 @@ def _check_preference(repo: Path) -> None:
     for f in ["reports/tables/preference.md", "reports/preference/win_rates.png", "reports/preference/elo_vs_speed.png",
               "models/preference/images.safetensors", "reports/executed/preference.ipynb"]:
         assert (repo / f).is_file(), f
+
+
+def _check_budget_curve(repo: Path, env: dict, tmp_path: Path) -> None:
+    """python -m addlib.budget_curve (issue 37's budget benchmark), stopping after every step of the smoke
+    budget: its last point is the ablation stage's row of the same run and seed, to the digit (the same training
+    path, resumed at each stop, and the same scoring), and the points before it are other students."""
+    out = tmp_path / "budget" / "l1.json"
+    _sh([str(BIN / "python"), "-m", "addlib.budget_curve", "--run", "l1", "--seed", "0", "--steps", "2",
+         "--batch-size", "8", "--every", "1", "--samples", "16", "--eval-steps", "1", "2", "--out", str(out)],
+        repo, env)
+    curve = json.loads(out.read_text())
+    row = json.loads((repo / "reports/ablations/runs/l1/metrics.json").read_text())["seeds"]["0"]
+    assert [p["step"] for p in curve["points"]] == [1, 2] and curve["overrides"] == {"add": {"distance": "l1"}}
+    for k in ("fid", "recall", "fid_detail", "recall_detail", "prompt_accuracy", "fid@2", "fid_detail@2"):
+        assert curve["points"][1][k] == pytest.approx(row[k], rel=1e-6, abs=1e-9), k
+    assert curve["points"][0]["fid"] != curve["points"][1]["fid"]
+    assert out.with_suffix(".md").read_text().count("\n| ") == 3  # header and one line per point
 
 
 def _check_ablations_and_report(repo: Path, log: str, tmp_path: Path) -> None:

@@ -106,7 +106,8 @@ def test_the_import_graph_is_layered():
             config / "loader.py"}, section
     runner_and_bodies = {PKG / "stages.py", *(PKG / "pipeline").glob("*.py")}
     for f in [*PKG.glob("*.py"), *config.glob("*.py")]:
-        if f.name not in ("stages.py", "deps.py"):  # deps.py writes dvc.yaml from the runner's view of it
+        # deps.py writes dvc.yaml from the runner's view of it; budget_curve.py drives the ablation stage's path
+        if f.name not in ("stages.py", "deps.py", "budget_curve.py"):
             assert not closure(f) & (runner_and_bodies - {PKG / "pipeline" / "__init__.py"}), \
                 f"library module {f.name} imports the runner or a stage body"
     # No import loops between library modules (config <-> latent was one).
@@ -144,8 +145,8 @@ def test_the_check_stage_refuses_an_override_the_ablation_stage_would_not_read(r
 
     raw = C.load_raw(root / "params.yaml")
     check_all(raw, "params.yaml", root)
-    raw["ablations"]["runs"]["l1"]["overrides"]["preference"] = {"seeds": 2}
-    with pytest.raises(C.ConfigError, match=r"ablations\.runs\.l1\.overrides: sets preference, which the ablation "
+    raw["ablations"]["runs"]["mse"]["overrides"]["preference"] = {"seeds": 2}
+    with pytest.raises(C.ConfigError, match=r"ablations\.runs\.mse\.overrides: sets preference, which the ablation "
                        "stage does not read"):
         check_all(raw, "params.yaml", root)
 

@@ -77,10 +77,10 @@ def test_ablation_run_names_and_overrides(tmp_path, root):
     _assert_clean_failure(_run_args(cwd, "ablation", "--run", "default"), cwd,
                           "models/teacher: not found; run the stages before 'ablation' first")
     (tmp_path / "bad").mkdir()
-    bad = _project(tmp_path / "bad", root, lambda raw: raw["ablations"]["runs"]["l1"]["overrides"]["add"].update(
+    bad = _project(tmp_path / "bad", root, lambda raw: raw["ablations"]["runs"]["mse"]["overrides"]["add"].update(
         distance="l3"))
-    for args in [("check",), ("ablation", "--run", "l1")]:
-        _assert_clean_failure(_run_args(bad, *args), bad, "ablations.runs.l1.overrides.add.distance: 'l3' is not one of")
+    for args in [("check",), ("ablation", "--run", "mse")]:
+        _assert_clean_failure(_run_args(bad, *args), bad, "ablations.runs.mse.overrides.add.distance: 'l3' is not one of")
 
 
 def test_report_before_the_ablations(tmp_path, root):

@@ -3,6 +3,7 @@ writes every labelled part of the step, and the UNet evaluations it counts are t
 (counted here by hand from ``draw_step``): the teacher's solves and target, the student's forward and its
 backward-simulation calls. Timing is not asserted (benchmarks, not timed tests)."""
 import json
+from pathlib import Path
 
 
 from addlib.config import checks
@@ -69,3 +70,32 @@ def test_the_solve_check_compares_each_solver_with_the_fine_solve(smoke_params, 
     table = solve_check.markdown({"samples": 6, "fine": 8, "rows": rows})
     assert table.count("\n| ") == 4 and "0.0000 (8)" in table  # the header and a row per solver
     assert solve_check.main(["--solvers", "heun@4"]) == 2 and solve_check.main(["--samples", "0"]) == 2
+
+
+def test_the_budget_curves_set_values_go_into_the_runs_overrides_and_bad_ones_stop_before_compute(tmp_path):
+    """python -m addlib.budget_curve --set key.path=value: merged into the run's overrides (values read as YAML,
+    the run's own overrides kept), other runs untouched; a malformed pair, an unknown run, an unknown key or a
+    bad --every is one line and exit 2 before anything is loaded (the e2e test pins the curve's points against
+    the ablation stage's row: tests/test_pipeline.py)."""
+    import pytest
+
+    from addlib import budget_curve as B
+    from addlib import config as C
+
+    raw = {"ablations": {"runs": {"l1": {"seeds": [0], "overrides": {"add": {"distance": "l1"}}},
+                                  "other": {"seeds": [0], "overrides": {}}}}}
+    out = B.with_values(raw, "l1", ["add.discriminator.ode_steps=6", "add.discriminator.ode_solver=dpmsolver++"])
+    assert out["ablations"]["runs"]["l1"]["overrides"] == {
+        "add": {"distance": "l1", "discriminator": {"ode_steps": 6, "ode_solver": "dpmsolver++"}}}
+    assert out["ablations"]["runs"]["other"] == raw["ablations"]["runs"]["other"]
+    assert raw["ablations"]["runs"]["l1"]["overrides"] == {"add": {"distance": "l1"}}  # not mutated
+    for bad in (["add.distance"], ["=3"]):
+        with pytest.raises(C.ConfigError, match="key.path=value"):
+            B.with_values(raw, "l1", bad)
+    with pytest.raises(C.ConfigError, match="not in ablations.runs"):
+        B.with_values(raw, "nope", [])
+    root = Path(__file__).parents[1]
+    assert B.main(["--root", str(root), "--steps", "4", "--batch-size", "2", "--every", "2",
+                   "--set", "add.not_a_key=1"]) == 2
+    with pytest.raises(SystemExit):
+        B.main(["--steps", "4", "--batch-size", "2", "--every", "8"])

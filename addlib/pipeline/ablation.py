@@ -9,7 +9,6 @@ from pathlib import Path
 
 from .. import config as C
 from .. import data as D
-from .. import evaluation as E
 from ..columns import TABLE1
 from ..diffusion import student_schedule
 from ..grids import save_student_grid
@@ -17,7 +16,7 @@ from ..paths import CHECKPOINTS, MODELS, REPORTS, code_version, write_json
 from ..pretrain import pretrain_features
 from ..sampling import initial_noise, unet_input_shape
 from .common import prune_checkpoints, sections
-from .scoring import scoring
+from .scoring import scoring, student_scores
 from .student import RESOLVED, student_inputs, train_student
 
 
@@ -48,13 +47,7 @@ def run(p: C.Params, name: str, root: Path = Path("."), progress: bool = True, k
         trained = train_student(ps, ds, cache, teacher, features_dir, work / f"seed{seed}" / "student",
                                 work / f"seed{seed}" / "checkpoints", progress)  # the add stage's path
         student = trained["student"]
-        sched_s = student_schedule(ps.teacher.schedule, ps.add.student_zero_terminal_snr)
-        scores = {}
-        for k in ab.eval_steps_of(name):  # Table 1 at one step; the other step counts as metric@k
-            gen = E.Generator("student", "add", k, 1.0, student, sched_s,
-                              trained_timesteps=ps.add.student_timesteps, space=teacher.space)
-            images, _ = E.generate(gen, prompts, noise, ps.evaluate.batch_size, seed=ps.evaluate.seed, progress=False)
-            scores.update({m if k == 1 else f"{m}@{k}": v for m, v in sc.scorer(images, prompts).items()})
+        scores = student_scores(sc, student, ps, teacher.space, prompts, noise, ab.eval_steps_of(name))
         last = trained["history"][-1] if trained["history"] else {}
         per_seed[seed] = {**scores, "train_seconds": trained["train_seconds"],
                           "steps": trained["steps"], "seconds_per_step": trained["train_seconds"] / max(1, trained["steps"]),
@@ -64,8 +57,9 @@ def run(p: C.Params, name: str, root: Path = Path("."), progress: bool = True, k
                           **{f"final_{k}": v for k, v in last.items() if k != "step"}}
         print(f"{name} seed {seed}: " + "  ".join(f"{k} {per_seed[seed][k]:.3f}" for k in TABLE1), flush=True)
         if seed == spec.seeds[0]:
-            save_student_grid(student, sched_s, cache, cache.rows(ps.add.sample_prompts).tolist(), ps.add,
-                              [1], out / "samples.png", f"ablation '{name}' (seed {seed}): 1 step after {ab.steps} steps",
+            sched_s = student_schedule(ps.teacher.schedule, ps.add.student_zero_terminal_snr)
+            save_student_grid(student, sched_s, cache, cache.rows(ps.add.sample_prompts).tolist(), ps.add, [1],
+                              out / "samples.png", f"ablation '{name}' (seed {seed}): 1 step after {ab.steps} steps",
                               space=teacher.space)
     metrics = {"run": name, "overrides": spec.overrides, "steps": ab.steps, "batch_size": ab.batch_size,
                "eval_samples": ab.eval_samples, "eval_steps": ab.eval_steps_of(name), "fid_features": sc.feat_name,

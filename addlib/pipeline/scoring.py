@@ -111,6 +111,21 @@ def table_row(gen, images: torch.Tensor, throughput: float | None, sc: Scoring, 
     return r
 
 
+def student_scores(sc: Scoring, student, p: C.Params, space, prompts, noise, steps: list[int]) -> dict:
+    """A student's scores as a Table 1 row has them: its samples at each step count in ``steps`` (the same
+    prompts and noise), scored by ``sc``; a metric at k > 1 steps is named metric@k."""
+    from ..diffusion import student_schedule
+
+    sched_s = student_schedule(p.teacher.schedule, p.add.student_zero_terminal_snr)
+    scores = {}
+    for k in steps:
+        gen = E.Generator("student", "add", k, 1.0, student, sched_s, trained_timesteps=p.add.student_timesteps,
+                          space=space)
+        images, _ = E.generate(gen, prompts, noise, p.evaluate.batch_size, seed=p.evaluate.seed, progress=False)
+        scores.update({m if k == 1 else f"{m}@{k}": v for m, v in sc.scorer(images, prompts).items()})
+    return scores
+
+
 def read_solver_rows(cfg: EvaluateConfig, root: Path = Path(".")) -> dict:
     """The solvers stage's rows, checked to have been made with ``cfg``'s values of SOLVER_KEYS (one-line error)."""
     path = root / SOLVER_ROWS
