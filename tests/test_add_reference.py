@@ -305,12 +305,16 @@ def test_one_add_step_equals_the_reference(tmp_path, smoke_params, tiny_data, ca
     assert len(g_student) == len(captured[0]) and len(g_heads) == len(captured[1])
     # on the stock schedule x_hat = alpha_s x_s - sigma_s v has alpha_999 ~ 0.07, not 0: a few near-zero
     # gradient entries differ by float rounding at the 1e-6 level. The two computations also sum in different
-    # orders (and differently again with torch's thread count): float32 rounding moves an entry by up to ~3e-6 of
-    # the largest gradient entry (measured on one thread, lambda_ode = 2), so near-zero entries get 1e-5 of it.
-    def atol(grads, floor):
-        return max(floor, 1e-5 * max(b.abs().max().item() for b in grads))
+    # orders (and differently again with torch's thread count and CPU): float32 rounding moves an entry by up to
+    # ~2e-6 of the largest gradient entry without the ODE term, and by up to 1.6e-5 with it (its target is a
+    # multi-step teacher solve, made row by row here and in lockstep by the library, and lambda_ode scales its
+    # rounding; measured at lambda_ode = 2 on 1 and 2 threads of a 2-core AMD EPYC; CI's machine failed the old
+    # 1e-5 by one entry at 1.07e-5).
+    # Near-zero entries get 1e-5 of it, 5e-5 with the ODE term; a planted bug moves entries by far more.
+    def atol(grads, floor, scale=1e-5):
+        return max(floor, scale * max(b.abs().max().item() for b in grads))
 
-    a_student = atol(g_student, 1e-6 if cfg.student_zero_terminal_snr else 1e-5)
+    a_student = atol(g_student, 1e-6 if cfg.student_zero_terminal_snr else 1e-5, 5e-5 if cfg.lambda_ode > 0 else 1e-5)
     for a, b in zip(captured[0], g_student):
         torch.testing.assert_close(a, b, rtol=2e-3, atol=a_student)
     a_heads = atol(g_heads, 1e-6)
