@@ -4,9 +4,12 @@ The ``ablations`` section of params.yaml (shape and checks in config/ablations.p
 
 - ``runs``: name -> {seeds, overrides}. dvc.yaml makes one stage per name (``ablation@<name>``, a ``foreach``),
   which trains one run per seed; ``overrides`` is a partial params file deep-merged over params.yaml (names
-  only: ``{add: {distance: l1}}``; config.ablation_params). Every run uses one code path, the ``add`` stage's
+  only: ``{add: {distance: l1}}``, its ``add`` over ``ablations.add``; config.ablation_params). Every run uses one code path, the ``add`` stage's
   train_add, with the ablation budget (``steps``, ``batch_size``) in place of ``add.train``'s, and is scored
   at 1 student step like the ``evaluate`` stage's rows (pipeline/ablation.py).
+- ``add``: the ADD settings every run's overrides change, Table 1's own copy of the main run's ``add`` (without
+  its budget), so that an experiment on the main run does not rerun Table 1; :func:`departures` says where the
+  two differ (the report prints it).
 - ``tables``: sub-table -> row label -> run name. A run that several sub-tables share (the paper's default
   row: mse, exponential weighting, both conditionings, teacher init, one teacher step) is trained once.
 
@@ -34,6 +37,23 @@ PAPER: dict[str, dict[str, float]] = {
              "both, sds": 22.3, "both, nfsd": 21.8},
     "distance": {"mse": 20.6},
 }
+
+
+def _flat(d: dict, pre: str = "") -> dict[str, Any]:
+    return {k2: v2 for k, v in d.items()
+            for k2, v2 in (_flat(v, f"{pre}{k}.").items() if isinstance(v, dict) and v else [(f"{pre}{k}", v)])}
+
+
+def departures(table1_add: dict, add: dict) -> dict[str, tuple[Any, Any]]:
+    """Where Table 1's ADD settings (``ablations.add``) differ from the main run's (``add``), the main run's budget
+    (add.train.steps, batch_size, sample_every) aside: dotted key -> (Table 1's value, the main run's; None where
+    one has no such key), in the main run's key order."""
+    from .config import BUDGET
+
+    ours, main = _flat(table1_add), _flat(add)
+    budget = {f"train.{k}" for k in BUDGET}
+    keys = [k for k in main if k not in budget] + [k for k in ours if k not in main]
+    return {k: (ours.get(k), main.get(k)) for k in keys if ours.get(k) != main.get(k)}
 
 
 def _ordering_matches(ours: dict[str, float], paper: dict[str, float]) -> bool | None:
@@ -65,6 +85,7 @@ def summarise(cfg: AblationsConfig, results: dict[str, dict[int, dict[str, float
             table_rows.append(row)
         ours = {r["row"]: r["fid"] for r in table_rows if "fid" in r}
         match = _ordering_matches(ours, PAPER.get(table, {}))
+        pairs = _pairs({r["row"]: r for r in table_rows if "fid" in r}, PAPER.get(table, {}))
         if match is None:
             sentence = "The paper reports fewer than two of these rows, so there is no ordering to compare."
         else:
@@ -73,9 +94,45 @@ def summarise(cfg: AblationsConfig, results: dict[str, dict[int, dict[str, float
             best_paper = min(compared, key=PAPER[table].get)
             sentence = ("The FID ordering of the rows the paper reports matches the paper's" if match else
                         "The FID ordering differs from the paper's") + \
-                f" (best here: {best_here}; best in the paper: {best_paper})."
-        out[table] = {"rows": table_rows, "ordering_matches_paper": match, "sentence": sentence}
+                f" (best here: {best_here}; best in the paper: {best_paper}). " + _spread_sentence(pairs)
+        out[table] = {"rows": table_rows, "ordering_matches_paper": match, "pairs": pairs, "sentence": sentence}
     return out
+
+
+def _pairs(rows: dict[str, dict], paper: dict[str, float]) -> list[dict]:
+    """Each pair of rows the paper orders strictly (better first, as the paper has it): whether the order holds
+    here, and whether the gap of the FID means is larger than the seeds' spread, the sum of the two rows' standard
+    deviations (None where a row has one seed: no spread to judge by)."""
+    names = [r for r in paper if r in rows]
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if paper[a] == paper[b]:
+                continue
+            better, worse = (a, b) if paper[a] < paper[b] else (b, a)
+            ra, rb = rows[better], rows[worse]
+            spread = ra["fid_std"] + rb["fid_std"] if min(ra["seeds"], rb["seeds"]) > 1 else None
+            gap = rb["fid"] - ra["fid"]
+            out.append({"paper_better": better, "paper_worse": worse, "holds": gap > 0, "gap": gap,
+                        "spread": spread, "beyond_spread": None if spread is None else abs(gap) > spread})
+    return out
+
+
+def _spread_sentence(pairs: list[dict]) -> str:
+    """How the pairs stand against the seeds' spread, in one sentence."""
+    judged = [q for q in pairs if q["beyond_spread"] is not None]
+    if not judged:
+        return "Some rows have one seed, so no pair is judged against the seeds' spread."
+    close = [q for q in judged if not q["beyond_spread"]]
+    tail = "" if len(judged) == len(pairs) else f" ({len(pairs) - len(judged)} with a one-seed row not judged)"
+    if not close:
+        return (f"Every pair's gap is larger than the seeds' spread (the sum of the two standard deviations){tail}: "
+                f"the smallest, {min(abs(q['gap']) for q in judged):.2f} against "
+                f"{min(judged, key=lambda q: abs(q['gap']))['spread']:.2f}.")
+    names = "; ".join(f"{q['paper_better']} against {q['paper_worse']}, gap {q['gap']:+.2f} within "
+                      f"{q['spread']:.2f}" for q in close)
+    return (f"{len(close)} of {len(judged)} pairs {'is' if len(close) == 1 else 'are'} within the seeds' spread (the sum of the two standard "
+            f"deviations), so their order is not settled here{tail}: {names}.")
 
 
 TITLES = {"distance": "Distance metric d of the distillation loss", "loss": "Loss terms (Table 1d)",

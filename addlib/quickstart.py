@@ -41,7 +41,7 @@ def project_files(root: Path) -> list[str]:
 def make_sandbox(root: Path, dest: Path, profile: Path) -> Path:
     """dest: a copy of the project with the profile applied, committed to its own git repository."""
     over = C.read_yaml(profile)
-    raw = C.deep_merge(C.read_yaml(root / "params.yaml"), over)
+    raw = C.apply_profile(C.read_yaml(root / "params.yaml"), over)
     for key in ("runs", "tables"):  # replaced, not merged: the quick start's own ablation rows
         if key in over.get("ablations", {}):
             raw["ablations"][key] = over["ablations"][key]

@@ -133,6 +133,21 @@ def table1_html(order: list[str] | None = None, root: Path = Path(".")) -> str:
     return "\n".join(parts)
 
 
+def table1_base_html(table1_add: dict, add: dict) -> str:
+    """One sentence: whether Table 1's ADD settings (ablations.add) are the main run's (add), and where not."""
+    from .ablations import departures
+
+    diff = departures(table1_add, add)
+    if not diff:
+        return ("<p id=\"table1-base\">Table 1's ADD settings (<code>ablations.add</code>) are the main run's "
+                "(<code>add</code>), but for the budget: its default row is the student of Table 2 trained shorter.</p>")
+    items = "; ".join(f"<code>{H.escape(k)}</code> (Table 1: {H.escape(repr(a))}, the main run: {H.escape(repr(b))})"
+                      for k, (a, b) in diff.items())
+    return (f"<p id=\"table1-base\"><b>Table 1's ADD settings (<code>ablations.add</code>) differ from the main run's "
+            f"(<code>add</code>)</b> in {len(diff)} {'key' if len(diff) == 1 else 'keys'}: {items}. Its rows are "
+            f"variants of its own settings, not of the student in Table 2.</p>")
+
+
 def links_html(pages: dict[str, Path]) -> str:
     """Links to the per-stage pages (rendered beside the index by render_site)."""
     items = "".join(f'<li><a href="stages/{H.escape(n)}.html">{H.escape(n)}</a></li>' for n, p in pages.items()

@@ -1,7 +1,7 @@
 """Mutation check of the ADD core: plant one plausible bug at a time, run the tests that cover it, and report
 whether some test failed (CAUGHT) or all passed (MISSED). Every mutation must be CAUGHT.
 
-    .venv/bin/python tests/mutations.py            # all 106 (28 min on the 2-core AMD EPYC, 2026-12-06)
+    .venv/bin/python tests/mutations.py            # all 112 (28 min on the 2-core AMD EPYC, 2026-12-06)
     .venv/bin/python tests/mutations.py "R1"       # those whose name contains "R1"
 
 Not collected by pytest (the file name does not start with test_). It edits files in place and restores them;
@@ -127,6 +127,12 @@ M = [
  ("F views: the colour flag ignored", [("addlib/pretrain.py", "g, color=color, translation=False", "g, color=True, translation=False")], "tests/test_pretrain.py"),
  ("F pretraining ignores color_jitter", [("addlib/pretrain.py", "simclr_view(x, g, pc.color_jitter), simclr_view(x, g, pc.color_jitter)", "simclr_view(x, g), simclr_view(x, g)")], "tests/test_pretrain.py"),
  ("export: the pipeline's prompt encoding without the attention mask", [("addlib/export.py", "attention_mask=self.config.use_attention_mask)", "attention_mask=False)")], "tests/test_export.py"),
+ ("Table 1's runs read the main run's add", [("addlib/config/loader.py", 'out = deep_merge({**raw, "add": ab["add"]}, ', "out = deep_merge(raw, ")], "tests/test_ablations.py"),
+ ("a profile's add not applied to Table 1's", [("addlib/config/loader.py", '    if "add" in profile and "add" not in (profile.get("ablations") or {}):', '    if False:')], "tests/test_config.py"),
+ ("Table 1's ADD settings keep the main run's budget", [("addlib/config/loader.py", "if k not in BUDGET}", "if k != 'sample_every'}")], "tests/test_config.py tests/test_ablations.py"),
+ ("the report blind to nested departures", [("addlib/ablations.py", "if isinstance(v, dict) and v else", "if False else")], "tests/test_ablations.py"),
+ ("Table 1's pairs judged without the seeds' spread", [("addlib/ablations.py", "else abs(gap) > spread}", "else abs(gap) > 0}")], "tests/test_ablations.py"),
+ ("a one-seed row judged by a zero spread", [("addlib/ablations.py", 'if min(ra["seeds"], rb["seeds"]) > 1 else None', "if True else None")], "tests/test_ablations.py"),
 ]
 only = sys.argv[1:]
 for name, edits, tests in M:

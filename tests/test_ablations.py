@@ -1,6 +1,8 @@
 """The ablation catalogue (params.yaml's ablations section): parsing with one-line errors, one run shared by
 several sub-tables, each run's params valid through the normal config path, and the summary tables (means
 and spreads by hand, the ordering sentence against the paper's numbers, the markdown)."""
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -8,6 +10,7 @@ from addlib import ablations as A
 from addlib import config as C
 from addlib.config import checks
 
+ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = yaml.safe_load("""
 steps: 150
 batch_size: 64
@@ -23,7 +26,7 @@ tables:
   distance: {mse: base, l1: l1}
   loss: {adversarial only: adv_only, distillation only: distill_only, "both, exponential": base}
   conditioning: {none: no_cond, both: base}
-""")
+""") | {"add": C.table1_add(C.read_yaml(ROOT / "params.yaml")["add"])}
 
 
 def parse(catalogue):
@@ -50,6 +53,9 @@ def test_parse_and_shared_runs():
     (lambda c: c.update({"step": 3}), "ablations.step: unknown key"),
     (lambda c: c.update({"eval_steps": [2, 4]}), r"ablations.eval_steps: must hold 1 \(Table 1 is at one step\)"),
     (lambda c: c["runs"]["l1"].update({"eval_steps": [1, 2, 2]}), r"runs.l1.eval_steps: must hold 1 .* no repeats"),
+    (lambda c: c["add"]["train"].update({"steps": 1500}), r"ablations.add.train.steps: Table 1's budget is ablations"),
+    (lambda c: c["add"].update({"lambda_distil": 2.5}), r"ablations.add.lambda_distil: unknown key \(did you mean"),
+    (lambda c: c["add"].pop("distance"), r"ablations.add.distance: missing key"),
 ])
 def test_bad_catalogues_are_one_line_errors(change, message):
     import copy
@@ -69,6 +75,14 @@ def test_each_run_is_valid_params_with_the_budget(root):
             assert p.seed == seed and p.add.train.steps == 150 and p.add.train.batch_size == 64
             assert p.add.train.sample_every == 0
     assert C.parse_run(raw, "l1", 0).add.distance == "l1"
+    # every run starts from Table 1's ADD settings, never from the main run's add: an experiment on add leaves
+    # Table 1's runs as they are, and ablations.add changes every run but where a run overrides the key
+    main = {**raw, "add": C.deep_merge(raw["add"], {"lambda_distill": 2.5, "distance": "mse"})}
+    assert C.parse_run(main, "base", 0) == C.parse_run(raw, "base", 0)
+    ours = {**raw, "ablations": C.deep_merge(CATALOGUE, {"add": {"lambda_distill": 2.5, "distance": "mse"}})}
+    assert C.parse_run(ours, "base", 0).add.lambda_distill == C.parse_run(ours, "l1", 0).add.lambda_distill == 2.5
+    assert (C.parse_run(ours, "base", 0).add.distance, C.parse_run(ours, "l1", 0).add.distance) == ("mse", "l1")
+    assert C.parse_run(raw, "base", 0).add.lambda_distill == raw["add"]["lambda_distill"] == 10.0
     assert not C.parse_run(raw, "no_cond", 0).add.discriminator.c_img
     # a bad override is a one-line error when params.yaml is read, before any stage computes
     bad = {**raw, "ablations": {**CATALOGUE, "runs": {**CATALOGUE["runs"],
@@ -158,10 +172,13 @@ def test_a_run_parses_from_the_ablation_stages_restricted_params(root):
     from addlib import stages as S
 
     p = S.stage_params("ablation", "params.yaml", root)
-    assert p.preference is None and p.consistency is None and p.add is not None
+    assert p.preference is None and p.consistency is None and p.add is None  # the main run's add: not read
     ps = C.parse_run(C.to_dict(p), "mse", 1)
     assert ps.add.distance == "mse" and ps.seed == 1 and ps.preference is None
-    with pytest.raises(C.ConfigError, match="params.consistency: missing key"):
+    assert ps.add.lambda_distill == p.ablations.add["lambda_distill"] and ps.add.train.steps == p.ablations.steps
+    restricted = C.parse_run(C.to_dict(p), "mse", 1, sections=S.stage_sections("ablation", root))
+    assert restricted.add == ps.add  # as stages.check_stage parses it: add is built, so it is checked
+    with pytest.raises(C.ConfigError, match="params.add: missing key"):
         C.parse({k: v for k, v in C.to_dict(p).items() if v is not None})  # every section unless told which
 
 
@@ -188,3 +205,61 @@ def test_the_paper_run_is_the_paper_profile_and_the_profile_is_the_papers_checkl
         for label, run in rows.items():
             if "paper" in label and run != "paper":
                 assert "else ours" in label, (table, label)
+
+
+def test_the_report_says_where_table1s_settings_differ_from_the_main_runs():
+    """Table 1 reads its own ADD settings (ablations.add): the report compares them, typed, with the main run's
+    add, the main run's budget aside, and names every key that differs (nested ones by their dotted path)."""
+    from addlib import report as R
+
+    p = checks.load(ROOT / "params.yaml")
+    ours, main = C.to_dict(p.ablations.add_config()), C.to_dict(p.add)
+    assert ours["train"]["steps"] == p.ablations.steps != main["train"]["steps"]
+    assert A.departures(ours, main) == {}
+    assert "are the main run's" in R.table1_base_html(ours, main)
+    edited = C.deep_merge(main, {"lambda_distill": 2.5, "discriminator": {"ode_steps": 4}, "lora": {"rank": 4},
+                                 "train": {"batch_size": 8, "lr_student": 1.0e-4}})
+    assert A.departures(ours, edited) == {"lambda_distill": (10.0, 2.5), "lora.rank": (None, 4),
+                                          "discriminator.ode_steps": (8, 4), "train.lr_student": (5.0e-5, 1.0e-4)}
+    html = R.table1_base_html(ours, edited)
+    assert "differ from the main run's" in html and "in 4 keys" in html and "train.batch_size" not in html
+    assert "<code>discriminator.ode_steps</code> (Table 1: 8, the main run: 4)" in html
+
+
+def test_the_ordering_sentence_weighs_each_pair_against_the_seeds_spread():
+    """Each pair the paper orders: whether it holds here and whether its gap is larger than the sum of the two
+    rows' standard deviations (by hand below); a one-seed row has no spread, so its pairs are not judged."""
+    cfg = parse(CATALOGUE)
+    res = {"base": {0: {"fid": 2.0}, 1: {"fid": 3.0}, 2: {"fid": 4.0}},           # 3.0 ± 1.0
+           "adv_only": {0: {"fid": 4.5}, 1: {"fid": 5.0}, 2: {"fid": 5.5}},       # 5.0 ± 0.5
+           "distill_only": {0: {"fid": 3.8}, 1: {"fid": 4.0}, 2: {"fid": 4.2}},   # 4.0 ± 0.2
+           "l1": {0: {"fid": 5.0}}, "no_cond": {0: {"fid": 1.0}}}
+    loss = A.summarise(cfg, res)["loss"]
+    pairs = {(q["paper_better"], q["paper_worse"]): q for q in loss["pairs"]}
+    # the paper: both 20.6 < adversarial only 20.8 < distillation only 315.6
+    assert set(pairs) == {("adversarial only", "distillation only"), ("both, exponential", "adversarial only"),
+                          ("both, exponential", "distillation only")}
+    q = pairs[("adversarial only", "distillation only")]  # 4.0 - 5.0: reversed, by more than 0.5 + 0.2
+    assert (q["holds"], q["gap"], q["beyond_spread"]) == (False, pytest.approx(-1.0), True)
+    assert q["spread"] == pytest.approx(0.7)
+    q = pairs[("both, exponential", "adversarial only")]  # 5.0 - 3.0 > 1.0 + 0.5
+    assert (q["holds"], q["gap"], q["spread"], q["beyond_spread"]) == (True, 2.0, 1.5, True)
+    q = pairs[("both, exponential", "distillation only")]  # 4.0 - 3.0 within 1.0 + 0.2
+    assert (q["holds"], q["beyond_spread"]) == (True, False) and q["spread"] == pytest.approx(1.2)
+    assert loss["ordering_matches_paper"] is False
+    assert loss["sentence"].endswith("1 of 3 pairs is within the seeds' spread (the sum of the two standard "
+                                     "deviations), so their order is not settled here: both, exponential against "
+                                     "distillation only, gap +1.00 within 1.20.")
+    # every pair apart: the smallest gap is named with its spread
+    res["distill_only"] = {0: {"fid": 39.0}, 1: {"fid": 40.0}, 2: {"fid": 41.0}}  # 40.0 ± 1.0
+    loss = A.summarise(cfg, res)["loss"]
+    assert loss["ordering_matches_paper"] is True and all(q["beyond_spread"] for q in loss["pairs"])
+    assert loss["sentence"].endswith("Every pair's gap is larger than the seeds' spread (the sum of the two standard "
+                                     "deviations): the smallest, 2.00 against 1.50.")
+    # a one-seed row: its pairs are not judged
+    res["adv_only"] = {0: {"fid": 5.0}}
+    loss = A.summarise(cfg, res)["loss"]
+    assert [q["beyond_spread"] for q in loss["pairs"]].count(None) == 2
+    assert "(2 with a one-seed row not judged)" in loss["sentence"]
+    res["base"] = {0: {"fid": 3.0}}
+    assert "no pair is judged" in A.summarise(cfg, res)["loss"]["sentence"]

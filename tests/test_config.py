@@ -112,7 +112,9 @@ def test_the_default_nfsd_negative_prompt_is_not_the_unconditional_one(root):
     cfg = checks.parse(_raw(root))
     assert cfg.add.nfsd_negative_prompt.strip() != ""
     raw = config.load_raw(root / "params.yaml", root / "profiles" / "table1-extended.yaml")  # holds the NFSD row
-    raw["add"]["nfsd_negative_prompt"] = ""  # Table 1's NFSD row would then not be NFSD: its run is refused
+    raw["add"]["nfsd_negative_prompt"] = ""  # unused unless weighting is nfsd: no error
+    checks.parse(raw)
+    raw["ablations"]["add"]["nfsd_negative_prompt"] = ""  # Table 1's NFSD row would then not be NFSD: refused
     with pytest.raises(config.ConfigError, match=r"ablations\.runs\.nfsd\.overrides\.add\.nfsd_negative_prompt"):
         checks.parse(raw)
     del raw["ablations"]["runs"]["nfsd"]
@@ -154,6 +156,7 @@ def test_values_survive_dvcs_unquoted_rewrite(root):
     assert raw["teacher"]["train"]["mixed_precision"] is False
     p = checks.parse(raw)
     assert p.teacher.train.mixed_precision == "no" and p.add.train.mixed_precision == "no"
+    assert config.parse_run(raw, "default", 0).add.train.mixed_precision == "no"  # Table 1's (ablations.add)
     raw["teacher"]["sample"]["sampler"] = False
     with pytest.raises(config.ConfigError, match=r"teacher\.sample\.sampler: False is not one of"):
         checks.parse(raw)
@@ -171,12 +174,36 @@ def test_the_gpu_profile_changes_no_training_value(root):
 
     base = C.read_yaml(root / "params.yaml")
     gpu = C.read_yaml(root / "profiles" / "gpu.yaml")
-    merged = C.deep_merge(base, gpu)
+    merged = C.apply_profile(base, gpu)
     changed = {k for k, v in flat(merged).items() if flat(base).get(k) != v}
     assert changed and all(k.endswith(".num_threads") or k == "evaluate.batch_size" for k in changed), changed
     assert set(flat(merged)) == set(flat(base))  # no new key either
     checks.parse(merged, "gpu over params.yaml")
-    checks.parse(C.deep_merge(C.deep_merge(base, C.read_yaml(root / "profiles" / "smoke.yaml")), gpu), "gpu over smoke")
+    checks.parse(C.apply_profile(C.apply_profile(base, C.read_yaml(root / "profiles" / "smoke.yaml")), gpu),
+                 "gpu over smoke")
+
+
+def test_a_profiles_add_applies_to_table1_and_an_experiments_does_not(root):
+    """Table 1's ADD settings (ablations.add) are the main run's add without its budget, in params.yaml and under
+    every profile; a profile's add applies to both (its budget to the main run only), one that sets ablations.add
+    itself keeps it, and a plain merge (what `dvc exp run -S add.<key>=...` does) changes the main run only."""
+    base = config.read_yaml(root / "params.yaml")
+    assert base["ablations"]["add"] == config.table1_add(base["add"])
+    assert set(base["add"]["train"]) - set(base["ablations"]["add"]["train"]) == {"steps", "batch_size", "sample_every"}
+    for profile in sorted((root / "profiles").glob("*.yaml")):
+        raw = config.load_raw(root / "params.yaml", profile)
+        assert raw["ablations"]["add"] == config.table1_add(raw["add"]), profile.name
+    smoke = config.read_yaml(root / "profiles" / "smoke.yaml")
+    raw = config.apply_profile(base, smoke)
+    assert raw["add"]["train"]["steps"] == smoke["add"]["train"]["steps"] != base["add"]["train"]["steps"]
+    assert "steps" not in raw["ablations"]["add"]["train"]  # the main run's budget stays the main run's
+    checks.parse(raw)
+    own = config.apply_profile(base, {"add": {"lambda_distill": 2.5}, "ablations": {"add": {"distance": "mse"}}})
+    assert own["add"]["lambda_distill"] == 2.5 and own["add"]["distance"] == base["add"]["distance"]
+    assert (own["ablations"]["add"]["lambda_distill"], own["ablations"]["add"]["distance"]) == (10.0, "mse")
+    experiment = config.deep_merge(base, {"add": {"lambda_distill": 2.5}})
+    assert experiment["ablations"]["add"]["lambda_distill"] == 10.0
+
 
 
 @pytest.mark.parametrize("profile", ["sd-gpu", "sdxl-gpu"])
@@ -197,5 +224,7 @@ def test_the_gpu_profiles_sit_on_the_papers_recipe(tmp_path, root, profile):
                         str(root / "profiles" / "paper.yaml"), str(root / "profiles" / f"{profile}.yaml"), "-o",
                         str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr  # the merged file is checked whole (its paths need not exist to merge)
-    merged = flat(config.read_yaml(out))
+    raw = config.read_yaml(out)
+    merged = flat(raw)
     assert all(merged[k] == v for k, v in paper.items()) and all(merged[k] == v for k, v in scale.items())
+    assert raw["ablations"]["add"] == config.table1_add(raw["add"])  # Table 1 on the same setting

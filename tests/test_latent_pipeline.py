@@ -43,7 +43,7 @@ def latent_root(request, tmp_path, root):
         "add": {"sample_prompts": ["a red square", "a green square"], "student_zero_terminal_snr": not sdxl},
     }
     (tmp_path / "latent.yaml").write_text(yaml.safe_dump(profile))
-    raw = C.deep_merge(C.load_raw(root / "params.yaml", root / "profiles" / "smoke.yaml"), profile)
+    raw = C.apply_profile(C.load_raw(root / "params.yaml", root / "profiles" / "smoke.yaml"), profile)
     return tmp_path, checks.parse(raw)
 
 

@@ -160,30 +160,40 @@ def test_dvc_repro_smoke_profile(tmp_path, root):
     assert "Running stage" not in r.stdout
     r = _sh([str(BIN / "dvc"), "status"], repo, env)
     assert "up to date" in r.stdout
-    # an experiment on ADD leaves the teacher's rows of Table 2 (stage solvers) and every upstream stage as they
-    # are; a change to the student's step counts only does not touch them either (issue 37)
+    # an experiment on ADD leaves the teacher's rows of Table 2 (stage solvers), Table 1's runs (they read their
+    # own ADD settings, ablations.add) and every upstream stage as they are; a change to the student's step counts
+    # only does not touch them either (issue 37). Table 1's settings rerun Table 1 and the report only.
     params = (repo / "params.yaml").read_text()
-    for section, key, value in [("add", "lambda_distill", 2.5), ("evaluate", "student_steps", [1])]:
+    runs = {f"ablation@{r}" for r in yaml.safe_load(params)["ablations"]["runs"]}
+    for keys, value in [(["add", "lambda_distill"], 2.5), (["evaluate", "student_steps"], [1]),
+                        (["ablations", "add", "lambda_distill"], 2.5)]:
         edited = yaml.safe_load(params)
-        assert edited[section][key] != value
-        edited[section][key] = value
+        section = edited
+        for k in keys[:-1]:
+            section = section[k]
+        assert section[keys[-1]] != value
+        section[keys[-1]] = value
         (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
         stale = set(json.loads(_sh([str(BIN / "dvc"), "status", "--json"], repo, env).stdout))
-        assert "evaluate" in stale and not stale & {"prepare", "teacher", "features", "evaluators", "solvers"}, stale
-        if key == "lambda_distill":  # exactly the stages that read it, and check (params.yaml is its dep)
+        assert not stale & {"prepare", "teacher", "features", "evaluators", "solvers"}, stale
+        if keys[0] == "ablations":
+            assert stale == runs | {"report", "check"}, sorted(stale)
+            continue
+        assert "evaluate" in stale, sorted(stale)  # (Table 1 scores as evaluate does: it reads that section)
+        if keys[-1] == "lambda_distill":  # exactly the stages that read it, and check (params.yaml is its dep)
+            assert not stale & runs, sorted(stale)
             assert stale == _reading(repo, lambda p: p in ("add", "add.lambda_distill")) | {"check"}, stale
     (repo / "params.yaml").write_text(params)
     # an edit reruns only what it touches (issue 39): a new knob in add's schema, exactly the stages that read add
     # (and check, which reads every section); an edit of an ADD term, no stage upstream of the student
-    runs = _reading(repo, lambda p: p == "ablations") - {"report"}
     for path in ["addlib/config/add.py", "addlib/objective.py"]:
         code = (repo / path).read_text()
         (repo / path).write_text(code + "\n# an edit\n")
         stale = set(json.loads(_sh([str(BIN / "dvc"), "status", "--json"], repo, env).stdout))
         (repo / path).write_text(code)
         assert {"add"} | runs <= stale and not stale & {"prepare", "teacher", "features", "evaluators"}, stale
-        if path.endswith("add.py"):  # consistency reads add.train (ADD's budget)
-            assert stale == _reading(repo, lambda p: p.split(".")[0] == "add") | {"check"}, sorted(stale)
+        if path.endswith("add.py"):  # consistency reads add.train (ADD's budget); Table 1, ablations.add
+            assert stale == _reading(repo, lambda p: p.split(".")[0] in ("add", "ablations")) | {"check"}, sorted(stale)
         else:
             assert not stale & {"solvers", "consistency", "check"}, sorted(stale)
     # `dvc plots show` draws with no network: every plot is an image, no script comes from a CDN
@@ -395,6 +405,8 @@ def _check_ablations_and_report(repo: Path, log: str, tmp_path: Path) -> None:
     assert {"stages/evaluate.html", "stages/consistency.html", "stages/preference.html",
             "stages/ablation-default.html"} <= set(linked)
     assert 'id="sec-preference"' in page
+    # Table 1 is on the main run's ADD settings (the smoke profile's add applied to both): the page says so
+    assert re.search(r'id="table1-base">Table 1\'s ADD settings .* are the main run\'s', page)
     assert all((repo / "reports/html" / ln).is_file() for ln in linked)
     assert (repo / "reports/html/stages/style.css").is_file()
     png = R.screenshot(repo / "reports/html/index.html", tmp_path / "index.png", width=1280, height=2400)

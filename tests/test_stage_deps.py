@@ -67,6 +67,8 @@ def test_a_section_schema_is_code_of_exactly_the_stages_that_read_it():
     for stage in STAGES:
         schemas = {Path(f).stem for f in stage_code(stage) if f.startswith("addlib/config/")} & set(C.SECTIONS)
         declared = set(S.stage_sections(stage, ROOT)) - {"seed"}
+        if "ablations" in declared:  # ablations.add, Table 1's ADD settings, is an add section (its schema checks it)
+            declared |= {"add"}
         assert schemas == (set(C.SECTIONS) - {"seed"} if stage == "check" else declared), stage
     assert PKG / "config" / "teacher.py" not in imported_files(PKG / "models.py")  # UNetConfig: an annotation
     assert PKG / "config" / "teacher.py" in imported_files(PKG / "export.py")  # ScheduleConfig built at run time
@@ -96,14 +98,16 @@ def test_stage_bodies_are_separate():
 def test_the_import_graph_is_layered():
     for f in (PKG / "paths.py", PKG / "timesteps.py", PKG / "__init__.py", PKG / "pipeline" / "__init__.py"):
         assert imported_files(f) == set(), f"{f.name} imports the package"
-    # the config package: importing it imports the loader only; a section's schema imports the loader only
+    # the config package: importing it imports the loader only; a section's schema imports the loader only (and
+    # ablations' the add section's: ablations.add, Table 1's ADD settings, is an add section)
     config = PKG / "config"
     package = {PKG / "__init__.py", config / "__init__.py"}
     assert imported_files(config / "__init__.py") == {PKG / "__init__.py", config / "loader.py"}
     assert imported_files(config / "loader.py") == set()  # the sections' modules by name, only those asked for
     for section in set(C.SECTIONS) - {"seed"}:
+        nested = {config / "add.py"} if section == "ablations" else set()
         assert closure(config / f"{section}.py") - {config / f"{section}.py", PKG / "metadata.py"} == package | {
-            config / "loader.py"}, section
+            config / "loader.py"} | nested, section
     runner_and_bodies = {PKG / "stages.py", *(PKG / "pipeline").glob("*.py")}
     for f in [*PKG.glob("*.py"), *config.glob("*.py")]:
         # deps.py writes dvc.yaml from the runner's view of it; budget_curve.py drives the ablation stage's path

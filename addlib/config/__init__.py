@@ -10,5 +10,6 @@
 This file imports the loader only, so importing the package does not import every section: a stage's code
 (and so its dvc.yaml deps) holds just the sections it reads.
 """
-from .loader import (ConfigError, Params, SECTIONS, ablation_params, check, deep_merge, fingerprint, from_dict,  # noqa: F401
-                     load_raw, parse, parse_run, read_yaml, schema, to_dict, write_resolved)
+from .loader import (BUDGET, ConfigError, Params, SECTIONS, ablation_params, apply_profile, check,  # noqa: F401
+                     deep_merge, fingerprint, from_dict, load_raw, parse, parse_run, read_yaml, schema, table1_add,
+                     to_dict, write_resolved)

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from .checks import load, parse
-from .loader import ConfigError, deep_merge, load_raw, read_yaml
+from .loader import ConfigError, apply_profile, load_raw, read_yaml
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "merge":
             raw = load_raw(args.params)
             for profile in args.profile:
-                raw = deep_merge(raw, read_yaml(profile))
+                raw = apply_profile(raw, read_yaml(profile))
             parse(raw, Path(args.params).name)
             Path(args.output).write_text(yaml.safe_dump(raw, sort_keys=False))
         else:

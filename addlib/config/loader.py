@@ -206,6 +206,8 @@ def parse_run(raw: dict, name: str, seed: int, where: str = "params", *, section
     data = ablation_params(raw, name, seed)
     if sections is None:
         sections = [k for k in SECTIONS if data.get(k) is not None]
+    elif "add" not in sections:  # built from ablations.add, which the stage declares instead of the main run's
+        sections = [*sections, "add"]
     return parse({k: v for k, v in data.items() if v is not None}, f"{where}:ablations.runs.{name}.overrides",
                  sections=sections)
 
@@ -239,18 +241,42 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_raw(path: str | Path = "params.yaml", profile: str | Path | None = None) -> dict:
-    """params.yaml as a dict, with a profile file deep-merged over it if given."""
+    """params.yaml as a dict, with a profile file applied over it if given (:func:`apply_profile`)."""
     raw = read_yaml(path)
     if profile is not None:
-        raw = deep_merge(raw, read_yaml(profile))
+        raw = apply_profile(raw, read_yaml(profile))
     return raw
 
 
+# add.train's keys that are the main run's budget: Table 1's runs take ablations.steps and ablations.batch_size
+# instead, and draw no sample grids while training.
+BUDGET = ("steps", "batch_size", "sample_every")
+
+
+def table1_add(add: dict) -> dict:
+    """An ``add`` section (or a profile's part of one) as Table 1's ADD settings, ``ablations.add``: the same
+    without the main run's budget (:data:`BUDGET`)."""
+    out = dict(add)
+    if isinstance(out.get("train"), dict):
+        out["train"] = {k: v for k, v in out["train"].items() if k not in BUDGET}
+    return out
+
+
+def apply_profile(raw: dict, profile: dict) -> dict:
+    """``profile`` deep-merged over ``raw``. A profile changes the project's setting, so its ``add`` applies to
+    Table 1's ADD settings (``ablations.add``) too, unless it sets ``ablations.add`` itself. (An experiment,
+    ``dvc exp run -S add.<key>=...``, changes the main run's ``add`` only, and does not rerun Table 1.)"""
+    if "add" in profile and "add" not in (profile.get("ablations") or {}):
+        profile = deep_merge(profile, {"ablations": {"add": table1_add(profile["add"])}})
+    return deep_merge(raw, profile)
+
+
 def ablation_params(raw: dict, name: str, seed: int) -> dict:
-    """The params of one ablation run: params.yaml with the run's overrides, its seed and the ablation
-    budget in place of add.train's steps and batch size (no sample grids during training)."""
+    """The params of one ablation run: params.yaml with Table 1's ADD settings (``ablations.add``, never the
+    main run's ``add``) as ``add``, the run's overrides, its seed and the ablation budget in place of
+    add.train's steps and batch size (no sample grids during training)."""
     ab = raw["ablations"]
-    out = deep_merge(raw, ab["runs"][name].get("overrides") or {})
+    out = deep_merge({**raw, "add": ab["add"]}, ab["runs"][name].get("overrides") or {})
     return deep_merge(out, {"seed": seed, "add": {"train": {"steps": ab["steps"], "batch_size": ab["batch_size"],
                                                             "sample_every": 0}}})
 

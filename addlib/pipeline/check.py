@@ -18,7 +18,7 @@ from ..stages import stage_sections
 def check_all(raw: dict, where: str, root: Path) -> C.Params:
     p = checks.parse(raw, where)
     checks.check_inputs(p, root)
-    read = set(stage_sections("ablation", root))
+    read = set(stage_sections("ablation", root)) | {"add"}  # a run's add changes Table 1's (ablations.add)
     for name, run in p.ablations.runs.items():  # an override of a section the ablation stage does not read
         unread = sorted(set(run.overrides) - read)  # would be dropped silently
         C.check(not unread, f"{where}.ablations.runs.{name}.overrides", f"sets {', '.join(unread)}, which the "
