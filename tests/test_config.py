@@ -162,6 +162,32 @@ def test_values_survive_dvcs_unquoted_rewrite(root):
         checks.parse(raw)
 
 
+@pytest.mark.parametrize("override", ["add.lambda_distill=2.5", "ablations.add.discriminator.ode_steps=6"])
+def test_dvcs_own_rewrite_of_params_yaml_changes_only_the_value_set(tmp_path, root, override):
+    """`dvc exp run -S key=value` (the README's experiment) rewrites params.yaml with DVC's round-trip YAML dumper,
+    which re-wraps long flow mappings at 80 columns: a row label wrapped inside one made the committed file invalid
+    YAML. The same call DVC makes, on a copy: the file still parses, to the same typed params but for that value."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text((root / "params.yaml").read_text())
+    apply_overrides(path, [override])
+    key, value = override.split("=")
+
+    def typed(params_file):  # ablations.add is kept as written: read it through its schema, as its runs do
+        p = checks.load(params_file)
+        return config.to_dict(p) | {"ablations": config.to_dict(p.ablations) | {"add": config.to_dict(
+            p.ablations.add_config())}}
+    before, after = typed(root / "params.yaml"), typed(path)
+    node = before
+    *parents, leaf = key.split(".")
+    for k in parents:
+        node = node[k]
+    assert node[leaf] != yaml.safe_load(value)
+    node[leaf] = yaml.safe_load(value)
+    assert after == before
+
+
 def test_the_gpu_profile_changes_no_training_value(root):
     # profiles/gpu.yaml (the embedded default on one GPU) may change threads and the sampling batch only, so the
     # GPU run's results are the default's; it validates over params.yaml and over the smoke profile's sizes
