@@ -17,7 +17,7 @@ def _check_eval_steps(steps: list[int], where: str) -> None:
 @dataclasses.dataclass
 class AblationRun:
     seeds: list[int]            # one training run per seed (reported as mean and std)
-    overrides: dict[str, Any]   # a partial params file deep-merged over params.yaml: names only
+    overrides: dict[str, Any]   # a partial params file deep-merged over params.yaml (its add over ablations.add)
     eval_steps: Optional[list[int]] = None   # this run's step counts scored, in place of ablations.eval_steps
 
     def validate(self, where: str) -> None:

@@ -2,9 +2,11 @@
 
 params.yaml is the single place where the run's values live; the section modules beside this one
 (``addlib/config/<section>.py``) only declare each section's *shape* (names, types, allowed ranges). Every
-field is required, so there is no second set of defaults that could drift from params.yaml. A profile (e.g.
-``profiles/smoke.yaml``) is a partial params file deep-merged over params.yaml; it changes values, never the
-code path.
+field is required, so there is no second set of defaults that could drift from params.yaml. (One copy is there
+by design: Table 1's ADD settings, ``ablations.add``, so that an experiment on the main run's ``add`` does not
+rerun Table 1; the report names any key where the two differ.) A profile (e.g. ``profiles/smoke.yaml``) is a
+partial params file deep-merged over params.yaml (:func:`apply_profile`: its ``add`` over ``ablations.add``
+too); it changes values, never the code path.
 
 A stage parses only the sections it declares in dvc.yaml (:func:`parse` with ``sections``), importing only
 those sections' modules, so a new knob in one section reruns only the stages that read it. The checks across
