@@ -162,15 +162,25 @@ def test_values_survive_dvcs_unquoted_rewrite(root):
         checks.parse(raw)
 
 
-@pytest.mark.parametrize("override", ["add.lambda_distill=2.5", "ablations.add.discriminator.ode_steps=6"])
-def test_dvcs_own_rewrite_of_params_yaml_changes_only_the_value_set(tmp_path, root, override):
+@pytest.mark.parametrize("override,profile", [("add.lambda_distill=2.5", None),
+                                              ("ablations.add.discriminator.ode_steps=6", None),
+                                              ("add.lambda_distill=2.5", "table1-extended")])
+def test_dvcs_own_rewrite_of_params_yaml_changes_only_the_value_set(tmp_path, root, override, profile):
     """`dvc exp run -S key=value` (the README's experiment) rewrites params.yaml with DVC's round-trip YAML dumper,
     which re-wraps long flow mappings at 80 columns: a row label wrapped inside one made the committed file invalid
-    YAML. The same call DVC makes, on a copy: the file still parses, to the same typed params but for that value."""
+    YAML. The same call DVC makes, on a copy (of params.yaml, or of the file `python -m addlib.config merge` writes
+    with a profile): the file still parses, to the same typed params but for that value."""
     from dvc.utils.hydra import apply_overrides
 
-    path = tmp_path / "params.yaml"
-    path.write_text((root / "params.yaml").read_text())
+    from addlib.config.__main__ import main as config_cli
+
+    path, original = tmp_path / "params.yaml", tmp_path / "original.yaml"
+    if profile:
+        assert config_cli(["merge", str(root / "params.yaml"), str(root / "profiles" / f"{profile}.yaml"),
+                           "-o", str(original)]) == 0
+    else:
+        original.write_text((root / "params.yaml").read_text())
+    path.write_text(original.read_text())
     apply_overrides(path, [override])
     key, value = override.split("=")
 
@@ -178,7 +188,7 @@ def test_dvcs_own_rewrite_of_params_yaml_changes_only_the_value_set(tmp_path, ro
         p = checks.load(params_file)
         return config.to_dict(p) | {"ablations": config.to_dict(p.ablations) | {"add": config.to_dict(
             p.ablations.add_config())}}
-    before, after = typed(root / "params.yaml"), typed(path)
+    before, after = typed(original), typed(path)
     node = before
     *parents, leaf = key.split(".")
     for k in parents:
