@@ -1,7 +1,7 @@
 """Mutation check of the ADD core: plant one plausible bug at a time, run the tests that cover it, and report
 whether some test failed (CAUGHT) or all passed (MISSED). Every mutation must be CAUGHT.
 
-    .venv/bin/python tests/mutations.py            # all 112 (28 min on the 2-core AMD EPYC, 2026-12-06)
+    .venv/bin/python tests/mutations.py            # all 112 (31 min on the 2-core AMD EPYC, 2026-12-06)
     .venv/bin/python tests/mutations.py "R1"       # those whose name contains "R1"
 
 Not collected by pytest (the file name does not start with test_). It edits files in place and restores them;
