@@ -4,8 +4,9 @@ The ``ablations`` section of params.yaml (shape and checks in config/ablations.p
 
 - ``runs``: name -> {seeds, overrides}. dvc.yaml makes one stage per name (``ablation@<name>``, a ``foreach``),
   which trains one run per seed; ``overrides`` is a partial params file deep-merged over params.yaml (names
-  only: ``{add: {distance: l1}}``, its ``add`` over ``ablations.add``; config.ablation_params). Every run uses one code path, the ``add`` stage's
-  train_add, with the ablation budget (``steps``, ``batch_size``) in place of ``add.train``'s, and is scored
+  only: ``{add: {distance: l1}}``, its ``add`` over ``ablations.add``; config.ablation_params). Every run uses
+  one code path, the ``add`` stage's train_add, with the ablation budget (``steps``, ``batch_size``) in place of
+  ``add.train``'s, and is scored
   at 1 student step like the ``evaluate`` stage's rows (pipeline/ablation.py).
 - ``add``: the ADD settings every run's overrides change, Table 1's own copy of the main run's ``add`` (without
   its budget), so that an experiment on the main run does not rerun Table 1; :func:`departures` says where the
@@ -131,7 +132,8 @@ def _spread_sentence(pairs: list[dict]) -> str:
                 f"{min(judged, key=lambda q: abs(q['gap']))['spread']:.2f}.")
     names = "; ".join(f"{q['paper_better']} against {q['paper_worse']}, gap {q['gap']:+.2f} within "
                       f"{q['spread']:.2f}" for q in close)
-    return (f"{len(close)} of {len(judged)} pairs {'is' if len(close) == 1 else 'are'} within the seeds' spread (the sum of the two standard "
+    verb = "is" if len(close) == 1 else "are"
+    return (f"{len(close)} of {len(judged)} pairs {verb} within the seeds' spread (the sum of the two standard "
             f"deviations), so their order is not settled here{tail}: {names}.")
 
 

@@ -6,7 +6,7 @@ import re
 from typing import Any, Optional
 
 from .add import ADDConfig
-from .loader import BUDGET, check, deep_merge, from_dict
+from .loader import BUDGET, check, from_dict, with_table1_budget
 
 
 def _check_eval_steps(steps: list[int], where: str) -> None:
@@ -64,8 +64,7 @@ class AblationsConfig:
 
     def add_config(self, where: str = "ablations") -> ADDConfig:
         """Table 1's ADD settings, typed, with Table 1's budget (and no sample grids while training)."""
-        return from_dict(ADDConfig, deep_merge(self.add, {"train": {"steps": self.steps, "batch_size": self.batch_size,
-                                                                    "sample_every": 0}}), f"{where}.add")
+        return from_dict(ADDConfig, with_table1_budget(self.add, self.steps, self.batch_size), f"{where}.add")
 
     def eval_steps_of(self, run: str) -> list[int]:
         """The student step counts run ``run`` is scored at: its own eval_steps, else the section's."""

@@ -264,6 +264,11 @@ def table1_add(add: dict) -> dict:
     return out
 
 
+def with_table1_budget(add: dict, steps: int, batch_size: int) -> dict:
+    """Table 1's ADD settings with its budget in place of add.train's: ``steps`` x ``batch_size``, no grids."""
+    return deep_merge(add, {"train": {"steps": steps, "batch_size": batch_size, "sample_every": 0}})
+
+
 def apply_profile(raw: dict, profile: dict) -> dict:
     """``profile`` deep-merged over ``raw``. A profile changes the project's setting, so its ``add`` applies to
     Table 1's ADD settings (``ablations.add``) too, unless it sets ``ablations.add`` itself. (An experiment,
@@ -279,8 +284,7 @@ def ablation_params(raw: dict, name: str, seed: int) -> dict:
     add.train's steps and batch size (no sample grids during training)."""
     ab = raw["ablations"]
     out = deep_merge({**raw, "add": ab["add"]}, ab["runs"][name].get("overrides") or {})
-    return deep_merge(out, {"seed": seed, "add": {"train": {"steps": ab["steps"], "batch_size": ab["batch_size"],
-                                                            "sample_every": 0}}})
+    return {**out, "seed": seed, "add": with_table1_budget(out["add"], ab["steps"], ab["batch_size"])}
 
 
 def to_dict(cfg) -> Any:
