@@ -3,8 +3,8 @@
 
 Trains one Table 1 run's variant (Table 1's ADD settings, ``ablations.add``, with ``ablations.runs.<run>.overrides``
 and any ``--set`` values, as the ablation stage builds it) through the add stage's path (student.train_student),
-stopping every ``--every`` steps and scoring the student's EMA at each stop as the ablation stage scores a row: its samples at 1 step (and
-``--eval-steps``) against the reference split, in both feature spaces. A stop is train_add's ``max_steps``; the
+stopping every ``--every`` steps and scoring the student's EMA at each stop as the ablation stage scores a row:
+its samples at 1 step (and ``--eval-steps``) against the reference split, in both feature spaces. A stop is train_add's ``max_steps``; the
 next one resumes from the run's checkpoint (a resume is bit-identical: tests/test_add.py), and ADD's learning
 rate is constant after its warm-up, so the point at k steps is what a k-step run gives. Reads the trained teacher,
 F and evaluators in ``--root`` (``dvc repro teacher features evaluators`` there first); its checkpoints stay in

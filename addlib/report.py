@@ -140,7 +140,8 @@ def table1_base_html(table1_add: dict, add: dict) -> str:
     diff = departures(table1_add, add)
     if not diff:
         return ("<p id=\"table1-base\">Table 1's ADD settings (<code>ablations.add</code>) are the main run's "
-                "(<code>add</code>), but for the budget: its default row is the student of Table 2 trained shorter.</p>")
+                "(<code>add</code>), but for the budget: its default row is the student of Table 2 trained "
+                "shorter.</p>")
     items = "; ".join(f"<code>{H.escape(k)}</code> (Table 1: {H.escape(repr(a))}, the main run: {H.escape(repr(b))})"
                       for k, (a, b) in diff.items())
     return (f"<p id=\"table1-base\"><b>Table 1's ADD settings (<code>ablations.add</code>) differ from the main run's "
