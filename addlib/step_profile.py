@@ -11,7 +11,9 @@ of a teacher image (issue 37's "<= 3x" target).
 
 Timing does not depend on the weights' values, so by default every network is randomly initialised at the
 configured sizes (nothing needs to have been trained); ``--trained`` loads models/teacher and models/features.
-Threads: the ``add.train.num_threads`` of the params, as the stage runs.
+Threads: the ``add.train.num_threads`` of the params, as the stage runs. The allocator is the process's own: run
+it as ``LD_PRELOAD=$(python -m addlib.malloc) python -m addlib.step_profile`` to time what the stages' kernel runs
+with (addlib/malloc.py); the output says which.
 
     python -m addlib.step_profile --steps 4 --out reports/benchmarks/add_step_cpu.json
 """
@@ -34,6 +36,7 @@ from .config import checks
 from .benchmark import synthetic_data
 from .diffusion import NoiseSchedule
 from .latent import PixelSpace, Teacher
+from .malloc import loaded
 from .paths import write_benchmark
 
 # The labelled parts, in the order of the step, with what each holds. "add/step" is the whole step.
@@ -168,7 +171,8 @@ def markdown(result: dict) -> str:
     """The profile as a table: each part's seconds per step and share of the step."""
     a = result["add"]
     step = a["seconds_per_step"]
-    lines = [f"{result['device']}, {result['threads']} threads, {result['weights']} weights.", "",
+    lines = [f"{result['device']}, {result['threads']} threads, {result['weights']} weights, "
+             f"{result.get('allocator', 'system')} allocator.", "",
              f"ADD step at batch {a['batch_size']}: {step:.3f} s ({a['images_per_second']:.1f} images/s); "
              f"teacher step at batch {result['teacher']['batch_size']}: {result['teacher']['seconds_per_step']:.3f} s "
              f"({result['teacher']['images_per_second']:.1f} images/s); one ADD image costs "
@@ -217,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name(),
               "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "params": args.params, "profile": args.profile,
-              "weights": "trained" if args.trained else "random", "add": add, "teacher": teacher_row,
+              "weights": "trained" if args.trained else "random", "allocator": loaded() or "system",
+              "add": add, "teacher": teacher_row,
               "add_image_cost_in_teacher_images": teacher_row["images_per_second"] / add["images_per_second"]}
     table = markdown(result)
     write_benchmark(args.out, result, table)

@@ -1,6 +1,7 @@
-"""Run by tests/test_distributed.py, once as a plain process and once under ``accelerate launch`` with two
-CPU processes (gloo): tiny ADD training (optionally stopping early, or resuming a checkpoint written by the
-other world size) and split evaluation sampling. Writes what it saw as JSON (main process only)."""
+"""Run by tests/test_distributed.py, once as a plain process and once under ``accelerate launch`` with two CPU
+processes (gloo): tiny ADD training (optionally stopping early, or resuming a checkpoint written by the
+other world size) and split evaluation sampling. Writes what it saw as JSON (main process only). tests/test_malloc.py
+runs it plain with and without tcmalloc."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,7 @@ from addlib.discriminator import Discriminator, FeatureNetwork  # noqa: E402
 from addlib.latent import PixelSpace, Teacher  # noqa: E402
 from addlib.models import build_unet  # noqa: E402
 from addlib.distillation import train_add  # noqa: E402
+from addlib.malloc import loaded  # noqa: E402
 from tiny_models import tiny_digits  # noqa: E402
 
 
@@ -63,7 +65,7 @@ def main() -> None:
     if state.is_main_process:
         Path(args.out).write_text(json.dumps({
             "processes": state.num_processes, "history": run["history"], "resumed_from": run["resumed_from_step"],
-            "images": images.flatten().tolist(), "n_images": len(images)}))
+            "images": images.flatten().tolist(), "n_images": len(images), "tcmalloc": loaded()}))
 
 
 if __name__ == "__main__":

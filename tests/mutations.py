@@ -133,6 +133,9 @@ M = [
  ("the report blind to nested departures", [("addlib/ablations.py", "if isinstance(v, dict) and v else", "if False else")], "tests/test_ablations.py"),
  ("Table 1's pairs judged without the seeds' spread", [("addlib/ablations.py", "else abs(gap) > spread}", "else abs(gap) > 0}")], "tests/test_ablations.py"),
  ("a one-seed row judged by a zero spread", [("addlib/ablations.py", 'if min(ra["seeds"], rb["seeds"]) > 1 else None', "if True else None")], "tests/test_ablations.py"),
+ ("the kernel's tcmalloc under the wrong variable", [("addlib/malloc.py", '["--env", "LD_PRELOAD", ', '["--env", "LD_PRELOADS", ')], "tests/test_malloc.py"),
+ ("ADDLIB_TCMALLOC=none ignored", [("addlib/malloc.py", 'if named.lower() == "none":', "if False:")], "tests/test_malloc.py"),
+ ("tcmalloc never seen mapped", [("addlib/malloc.py", 'if "libtcmalloc" in line', 'if "libtcmalloc-x" in line')], "tests/test_malloc.py"),
 ]
 only = sys.argv[1:]
 for name, edits, tests in M:

@@ -38,6 +38,7 @@ def test_the_profile_counts_the_unet_rows_the_draws_imply(tmp_path):
     assert add["unet_evaluations_per_step"]["student"]["rows"] == chain + n
     assert add["unet_evaluations_per_step"]["teacher"]["calls"] == cfg.discriminator.ode_steps + 1
     assert result["add_image_cost_in_teacher_images"] > 0
+    assert result["allocator"] == (step_profile.loaded() or "system")
 
 
 def test_the_solve_check_compares_each_solver_with_the_fine_solve(smoke_params, tiny_data):
