@@ -104,3 +104,23 @@ def test_the_registered_kernel_preloads_what_the_search_finds():
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     assert "tcmalloc" in "".join(got)
+
+
+def test_the_benchmark_alternates_the_allocators_in_fresh_processes(tmp_path):
+    """python -m addlib.malloc_check (a benchmark; its times are not asserted) on the smoke sizes: one process per
+    measurement, the system's allocator and tcmalloc taking turns, each row saying which it really ran with."""
+    from addlib import malloc_check
+    from conftest import ROOT
+
+    if malloc.find_tcmalloc() is None:
+        pytest.skip("no tcmalloc on this machine")
+    assert malloc_check.main(["--steps", "2", "--settle", "3"]) == 2
+    out = tmp_path / "a.json"
+    assert malloc_check.main(["--params", str(ROOT / "params.yaml"), "--profile", str(ROOT / "profiles" / "smoke.yaml"),
+                              "--steps", "2", "--settle", "1", "--pairs", "1", "--text-width", "16",
+                              "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["allocator"] == "system" for r in result["runs"]] == [True, False]
+    assert "tcmalloc" in result["runs"][1]["allocator"]
+    assert all(r["add_seconds_per_step"] > 0 and r["teacher_seconds_per_step"] > 0 for r in result["runs"])
+    assert set(result["summary"]) == {"system", "tcmalloc"}
