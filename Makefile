@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The Jupyter kernel every stage's notebook runs on (papermill starts it, however DVC was called), preloading
-# tcmalloc where the machine has it: the same numbers, about a fifth less CPU time per ADD step (addlib/malloc.py).
+# tcmalloc where the machine has it: the same numbers, an ADD step 18% faster on a 2-core EPYC (addlib/malloc.py).
 KERNEL := $(VENV)/share/jupyter/kernels/addlib/kernel.json
 $(KERNEL): $(VENV)/.installed addlib/malloc.py | tcmalloc
 	$(BIN)/python -m ipykernel install --sys-prefix --name addlib --display-name "Python (addlib)" \

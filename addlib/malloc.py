@@ -1,10 +1,10 @@
 """The memory allocator the pipeline's notebooks run with: tcmalloc where the machine has it (issue 37).
 
-On the 2-core CPUs this project is measured on, glibc's malloc costs an ADD training step about a fifth of its
-CPU time: the step allocates and frees many activation-sized buffers, and glibc hands them back to the system
-and faults them in again. tcmalloc (gperftools' ``libtcmalloc_minimal``) keeps them, and computes the same
+On the 2-core AMD EPYC this project was measured on, an ADD training step took 18% less time and CPU time with
+tcmalloc (gperftools' ``libtcmalloc_minimal``) than with glibc's malloc, a teacher step 14% less
+(``python -m addlib.malloc_check``; docs/cost.md, where the cause is said to be unprofiled). It computes the same
 numbers: the allocator decides where a tensor lives, not what is in it (tests/test_malloc.py trains the same tiny
-ADD run under both and compares every logged loss exactly; docs/cost.md has the measurement).
+ADD run under both and compares every logged loss and sampled pixel exactly).
 
 A library can only be swapped in before a process starts, so the choice is made where the notebooks' processes
 are defined: ``make`` registers the Jupyter kernel ``addlib`` with ``LD_PRELOAD`` naming the library this module
