@@ -12,15 +12,12 @@ with its neighbours.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from .malloc import find_tcmalloc, loaded
 from .paths import write_benchmark
@@ -32,33 +29,24 @@ def measure(params_file: str, profile: str | None, steps: int, settle: int, text
 
     from .benchmark import synthetic_data
     from .config import checks
-    from .discriminator import Discriminator, FeatureNetwork
-    from .distillation import train_add
-    from .step_profile import random_parts, time_teacher_step
+    from .step_profile import discriminator, random_parts, time_teacher_step, train_for
 
     params = checks.load(params_file, profile)
     torch.set_num_threads(params.add.train.num_threads or torch.get_num_threads())
     teacher, backbone = random_parts(params, text_width)
-    add, f = params.add, params.features
-    dc = add.discriminator
-    disc = Discriminator(FeatureNetwork(backbone, f.taps, f.tap_patch_embed), text_width, dc.c_text, dc.c_img,
-                         dc.cmap_dim, dc.group_size)
+    disc = discriminator(params, backbone, text_width)
     tokens = params.text_encoder.max_length
-    ds, cache = synthetic_data(add.train.batch_size * steps, params.data.channels, params.data.resolution, tokens,
-                               text_width)
-    cfg = dataclasses.replace(add, train=dataclasses.replace(
-        add.train, steps=steps, log_every=1, sample_every=0, checkpoint_every=10 ** 9))
+    ds, cache = synthetic_data(params.add.train.batch_size * steps, params.data.channels, params.data.resolution,
+                               tokens, text_width)
     cpu = time.process_time()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = train_add(cfg, teacher, 0, ds, cache, disc, 0, Path(tmp) / "s", Path(tmp) / "c", progress=False,
-                        save=False)
+    out = train_for(params, steps, teacher, disc, ds, cache)
     cpu = time.process_time() - cpu
     each = [1.0 / r["steps_per_second"] for r in out["history"]]
     torch.set_num_threads(params.teacher.train.num_threads or torch.get_num_threads())
     teach = time_teacher_step(params, tokens, text_width, max(1, steps - settle), warmup=settle)
     return {"allocator": loaded() or "system", "add_seconds_per_step": statistics.median(each[settle:]),
             "add_cpu_seconds_per_step": cpu / steps, "teacher_seconds_per_step": teach["seconds_per_step"],
-            "add_batch_size": add.train.batch_size, "teacher_batch_size": teach["batch_size"]}
+            "add_batch_size": params.add.train.batch_size, "teacher_batch_size": teach["batch_size"]}
 
 
 def markdown(result: dict) -> str:

@@ -72,26 +72,38 @@ def random_parts(params: C.Params, text_width: int) -> tuple[Teacher, torch.nn.M
             build_vit(params.features, params.data.channels))
 
 
+def discriminator(params: C.Params, backbone, width: int):
+    """The default's discriminator on ``backbone`` (F), as the add stage builds it."""
+    from .discriminator import Discriminator, FeatureNetwork
+
+    f, dc = params.features, params.add.discriminator
+    return Discriminator(FeatureNetwork(backbone, f.taps, f.tap_patch_embed), width, dc.c_text, dc.c_img,
+                         dc.cmap_dim, dc.group_size)
+
+
+def train_for(params: C.Params, steps: int, teacher: Teacher, disc, ds, cache) -> dict:
+    """One ``train_add`` call of ``steps`` steps on the params' ADD settings, logging every step, saving nothing."""
+    from .distillation import train_add
+
+    add = params.add
+    cfg = dataclasses.replace(add, train=dataclasses.replace(
+        add.train, steps=steps, log_every=1, sample_every=0, checkpoint_every=10 ** 9))
+    with tempfile.TemporaryDirectory() as tmp:
+        return train_add(cfg, teacher, 0, ds, cache, disc, 0, Path(tmp) / "s", Path(tmp) / "c", progress=False,
+                         save=False)
+
+
 def profile_add(params: C.Params, teacher: Teacher, backbone, tokens: int, width: int, steps: int,
                 warmup: int = 2) -> dict:
     """Seconds per step (median over ``steps`` steps after ``warmup`` steps, no profiler) and per labelled part
     (its share of ``steps`` profiled steps, times that)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .discriminator import Discriminator, FeatureNetwork
-    from .distillation import train_add
-
-    add = params.add
-    f = params.features
-    dc = add.discriminator
-    n = add.train.batch_size
-    disc = Discriminator(FeatureNetwork(backbone, f.taps, f.tap_patch_embed), width, dc.c_text, dc.c_img,
-                         dc.cmap_dim, dc.group_size)
+    n = params.add.train.batch_size
+    disc = discriminator(params, backbone, width)
     ds, cache = synthetic_data(n * (warmup + steps), params.data.channels, params.data.resolution, tokens, width)
 
     def run(k: int, counters: bool = False) -> dict:
-        cfg = dataclasses.replace(add, train=dataclasses.replace(
-            add.train, steps=k, log_every=1, sample_every=0, checkpoint_every=10 ** 9))
         calls_seen = []  # (teacher | student, rows) per UNet call
         if counters:  # the student is a copy made inside train_add: count it through the class's calls
             orig = type(teacher.unet).forward
@@ -102,9 +114,7 @@ def profile_add(params: C.Params, teacher: Teacher, backbone, tokens: int, width
                 return orig(self, *a, **kw)
             type(teacher.unet).forward = counted
         try:
-            with tempfile.TemporaryDirectory() as tmp:
-                out = train_add(cfg, teacher, 0, ds, cache, disc, 0, Path(tmp) / "s", Path(tmp) / "c",
-                                progress=False, save=False)
+            out = train_for(params, k, teacher, disc, ds, cache)
         finally:
             if counters:
                 type(teacher.unet).forward = orig
